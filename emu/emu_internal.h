@@ -1,0 +1,34 @@
+// Shared between the emulator's scheduler and its CUDA runtime subset.
+// Not part of any public interface.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace emu {
+
+// The emulated runtime's per-host-thread last error (cudaGetLastError).
+void set_last_error(cudaError_t e);
+
+// Device limits the launcher enforces and cudaGetDeviceProperties reports.
+struct Limits {
+  int sm_count;
+  int max_threads_per_block;
+  int max_threads_per_sm;
+  size_t shared_per_block;        // without opt-in
+  size_t shared_per_block_optin;  // cudaFuncAttributeMaxDynamicSharedMemorySize
+  int max_grid[3];
+  int max_block[3];
+  int max_cooperative_blocks;     // OS threads we are willing to start at once
+};
+const Limits& limits();
+
+// Host threads that execute ordinary (non-cooperative) grids.
+int worker_threads();
+
+// Schedule control (see emu/bnorm_emu.h).
+void set_random_schedule(bool on, uint64_t seed);
+
+}  // namespace emu

@@ -1,0 +1,156 @@
+// bnormBackward, bnormBackwardFrozen and their workspace queries.
+#include <cuda_runtime_api.h>
+
+#include "checks.h"
+#include "kernels/launch.h"
+#include "plan.h"
+
+using namespace bnorm::host;
+namespace k = bnorm::kernels;
+
+namespace {
+
+struct Request {
+  const bnormTensorDesc_t* desc;
+  const bnormConfig_t* config;
+  const void* x;
+  const void* dy;
+  void* dx;
+  const float* gamma;
+  const float* mean;  // saved mean (full) or running mean (frozen)
+  const float* stat;  // saved rstd (full) or running var (frozen)
+  float* dgamma;
+  float* dbeta;
+  void* workspace;
+  size_t workspace_bytes;
+};
+
+bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t stream,
+                           const Request& r, bool frozen) {
+  size_t elem = 0;
+  Config cfg;
+  check.handle(handle).desc(r.desc, &elem).config(r.config, false, &cfg);
+  if (!check.ok()) return check.status();
+  const bnormTensorDesc_t* desc = r.desc;
+  const size_t bytes = tensor_bytes(desc, elem);
+  const size_t cb = size_t(desc->c) * sizeof(float);
+  const bool grads = r.dgamma || r.dbeta;
+  const char* mean_name = frozen ? "running_mean" : "saved_mean";
+  const char* stat_name = frozen ? "running_var" : "saved_rstd";
+  if (bytes > 0) {
+    // The frozen dx needs only dy; x feeds dgamma and the full gradient.
+    if (!frozen || grads) check.required(r.x, "x");
+    check.required(r.dy, "dy").required(r.dx, "dx");
+  }
+  if (frozen) check.required(r.mean, mean_name).required(r.stat, stat_name);
+  check.pair(r.mean, mean_name, r.stat, stat_name).pair(r.dgamma, "dgamma", r.dbeta, "dbeta");
+  check.aligned(r.x, elem, "x").aligned(r.dy, elem, "dy").aligned(r.dx, elem, "dx")
+      .aligned(r.gamma, 4, "gamma").aligned(r.mean, 4, mean_name).aligned(r.stat, 4, stat_name)
+      .aligned(r.dgamma, 4, "dgamma").aligned(r.dbeta, 4, "dbeta");
+  check.disjoint(r.dx, bytes, "dx", r.dy, bytes, "dy", true)
+      .disjoint(r.dx, bytes, "dx", r.x, bytes, "x", true)
+      .disjoint(r.dgamma, cb, "dgamma", r.dbeta, cb, "dbeta", false);
+  const void* inputs[] = {r.gamma, r.mean, r.stat};
+  const char* names[] = {"gamma", mean_name, stat_name};
+  for (int i = 0; i < 3; ++i) {
+    check.disjoint(r.dgamma, cb, "dgamma", inputs[i], cb, names[i], false)
+        .disjoint(r.dbeta, cb, "dbeta", inputs[i], cb, names[i], false);
+  }
+  if (!check.ok()) return check.status();
+
+  const int64_t m = desc->n * desc->spatial;
+  if (m == 1 && !frozen)
+    return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
+                      "n * spatial == 1: batch statistics of one value per channel are undefined")
+        .status();
+  const Plan plan = make_plan(*handle, *desc);
+  const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, !frozen);
+  check.workspace(r.workspace, r.workspace_bytes, ws.total);
+  if (!check.ok()) return check.status();
+
+  cudaError_t e = cudaSuccess;
+  if (m == 0) {
+    if (grads) {
+      e = cudaMemsetAsync(r.dgamma, 0, cb, stream);
+      if (e == cudaSuccess) e = cudaMemsetAsync(r.dbeta, 0, cb, stream);
+    }
+  } else {
+    k::BackwardArgs a{};
+    a.t = plan.t;
+    a.plan = plan.reduce;
+    a.x = r.x;
+    a.dy = r.dy;
+    a.dx = r.dx;
+    a.gamma = r.gamma;
+    a.mean = r.mean;
+    a.stat = r.stat;
+    a.dgamma = r.dgamma;
+    a.dbeta = r.dbeta;
+    a.eps = cfg.eps;
+    a.frozen = frozen;
+    a.workspace = r.workspace;
+    e = k::backward(a, stream);
+  }
+  if (e != cudaSuccess)
+    return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
+        .status();
+  return BNORM_STATUS_SUCCESS;
+}
+
+bnormStatus_t workspace_size(const char* call, bnormHandle_t handle,
+                             const bnormTensorDesc_t* desc, const bnormConfig_t* config,
+                             size_t* workspace_bytes, bool frozen) {
+  Checker check(call);
+  size_t elem = 0;
+  Config cfg;
+  check.handle(handle).desc(desc, &elem).config(config, false, &cfg)
+      .required(workspace_bytes, "workspace_bytes");
+  if (!check.ok()) return check.status();
+  const Plan plan = make_plan(*handle, *desc);
+  *workspace_bytes = k::BackwardWorkspace(desc->c, plan.reduce.splits, !frozen).total;
+  return BNORM_STATUS_SUCCESS;
+}
+
+}  // namespace
+
+extern "C" {
+
+bnormStatus_t bnormGetBackwardWorkspaceSize(bnormHandle_t handle, const bnormTensorDesc_t* desc,
+                                            const bnormConfig_t* config,
+                                            size_t* workspace_bytes) {
+  return workspace_size("bnormGetBackwardWorkspaceSize", handle, desc, config, workspace_bytes,
+                        false);
+}
+
+bnormStatus_t bnormGetBackwardFrozenWorkspaceSize(bnormHandle_t handle,
+                                                  const bnormTensorDesc_t* desc,
+                                                  const bnormConfig_t* config,
+                                                  size_t* workspace_bytes) {
+  return workspace_size("bnormGetBackwardFrozenWorkspaceSize", handle, desc, config,
+                        workspace_bytes, true);
+}
+
+bnormStatus_t bnormBackward(bnormHandle_t handle, cudaStream_t stream,
+                            const bnormTensorDesc_t* desc, const bnormConfig_t* config,
+                            const void* x, const void* dy, void* dx, const float* gamma,
+                            const float* saved_mean, const float* saved_rstd, float* dgamma,
+                            float* dbeta, void* workspace, size_t workspace_bytes) {
+  Checker check("bnormBackward");
+  const Request r{desc,       config, x,      dy,    dx,        gamma,
+                  saved_mean, saved_rstd, dgamma, dbeta, workspace, workspace_bytes};
+  return run_backward(check, handle, stream, r, false);
+}
+
+bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t stream,
+                                  const bnormTensorDesc_t* desc, const bnormConfig_t* config,
+                                  const void* x, const void* dy, void* dx, const float* gamma,
+                                  const float* running_mean, const float* running_var,
+                                  float* dgamma, float* dbeta, void* workspace,
+                                  size_t workspace_bytes) {
+  Checker check("bnormBackwardFrozen");
+  const Request r{desc,         config,      x,      dy,    dx,        gamma,
+                  running_mean, running_var, dgamma, dbeta, workspace, workspace_bytes};
+  return run_backward(check, handle, stream, r, true);
+}
+
+}  // extern "C"

@@ -1,0 +1,145 @@
+#include "checks.h"
+
+#include <cmath>
+#include <cstdio>
+
+namespace bnorm {
+namespace host {
+
+namespace {
+// Largest channel count: a ChannelMajor reduction puts channels on grid.x.
+constexpr int64_t kMaxChannels = 2147483647;
+}  // namespace
+
+Checker& Checker::fail(bnormStatus_t s, const char* fmt, ...) {
+  if (!ok()) return *this;
+  status_ = s;
+  char buf[400];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  host::fail(s, call_, "%s", buf);
+  return *this;
+}
+
+Checker& Checker::handle(bnormHandle_t h) {
+  if (!ok()) return *this;
+  if (!h) return fail(BNORM_STATUS_BAD_HANDLE, "argument 'handle' is NULL");
+  if (h->magic != kHandleMagic)
+    return fail(BNORM_STATUS_BAD_HANDLE, "argument 'handle' was not made by bnormCreate");
+  return *this;
+}
+
+Checker& Checker::desc(const bnormTensorDesc_t* d, size_t* elem_bytes) {
+  if (!ok()) return *this;
+  if (!d) return fail(BNORM_STATUS_NULL_POINTER, "argument 'desc' is NULL");
+  switch (d->dtype) {
+    case BNORM_DATA_FLOAT: *elem_bytes = 4; break;
+    case BNORM_DATA_HALF:
+    case BNORM_DATA_BFLOAT16: *elem_bytes = 2; break;
+    default:
+      return fail(BNORM_STATUS_INVALID_VALUE, "desc->dtype (%d) is not a bnormDataType_t",
+                  int(d->dtype));
+  }
+  if (d->layout != BNORM_LAYOUT_NCHW && d->layout != BNORM_LAYOUT_NHWC)
+    return fail(BNORM_STATUS_INVALID_VALUE, "desc->layout (%d) is not a bnormLayout_t",
+                int(d->layout));
+  if (d->n < 0)
+    return fail(BNORM_STATUS_BAD_SHAPE, "desc->n (%lld) is negative", (long long)d->n);
+  if (d->c < 1)
+    return fail(BNORM_STATUS_BAD_SHAPE, "desc->c (%lld) must be at least 1", (long long)d->c);
+  if (d->c > kMaxChannels)
+    return fail(BNORM_STATUS_BAD_SHAPE, "desc->c (%lld) exceeds 2^31 - 1", (long long)d->c);
+  if (d->spatial < 1)
+    return fail(BNORM_STATUS_BAD_SHAPE, "desc->spatial (%lld) must be at least 1",
+                (long long)d->spatial);
+  int64_t prod;
+  if (__builtin_mul_overflow(d->n, d->c, &prod) ||
+      __builtin_mul_overflow(prod, d->spatial, &prod) ||
+      __builtin_mul_overflow(prod, int64_t(*elem_bytes), &prod))
+    return fail(BNORM_STATUS_BAD_SHAPE,
+                "desc: n * c * spatial * element size (%lld * %lld * %lld * %zu) overflows "
+                "int64",
+                (long long)d->n, (long long)d->c, (long long)d->spatial, *elem_bytes);
+  return *this;
+}
+
+Checker& Checker::channels(int64_t c) {
+  if (!ok()) return *this;
+  if (c < 1) return fail(BNORM_STATUS_BAD_SHAPE, "argument 'c' (%lld) must be at least 1", (long long)c);
+  if (c > kMaxChannels)
+    return fail(BNORM_STATUS_BAD_SHAPE, "argument 'c' (%lld) exceeds 2^31 - 1", (long long)c);
+  return *this;
+}
+
+Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out) {
+  if (!ok()) return *this;
+  const bnormConfig_t defaults = BNORM_CONFIG_INITIALIZER;
+  const bnormConfig_t* c = in ? in : &defaults;
+  const size_t v0_end = offsetof(bnormConfig_t, average) + sizeof(c->average);
+  if (c->size < v0_end)
+    return fail(BNORM_STATUS_INVALID_VALUE,
+                "config->size (%zu) is smaller than any bnormConfig_t (%zu); initialize it with "
+                "BNORM_CONFIG_INITIALIZER",
+                c->size, v0_end);
+  if (c->magic != BNORM_CONFIG_MAGIC)
+    return fail(BNORM_STATUS_INVALID_VALUE,
+                "config->magic (0x%08x) is wrong; initialize it with BNORM_CONFIG_INITIALIZER",
+                c->magic);
+  if (!(c->eps >= 0.0) || !std::isfinite(c->eps))
+    return fail(BNORM_STATUS_INVALID_VALUE, "config->eps (%g) must be finite and >= 0", c->eps);
+  if (c->average != BNORM_AVERAGE_EXPONENTIAL && c->average != BNORM_AVERAGE_CUMULATIVE)
+    return fail(BNORM_STATUS_INVALID_VALUE, "config->average (%d) is not a bnormAverage_t",
+                int(c->average));
+  if (check_factor && c->average == BNORM_AVERAGE_EXPONENTIAL &&
+      !(c->exponential_average_factor >= 0.0 && c->exponential_average_factor <= 1.0))
+    return fail(BNORM_STATUS_INVALID_VALUE,
+                "config->exponential_average_factor (%g) must be in [0, 1]",
+                c->exponential_average_factor);
+  out->eps = c->eps;
+  out->factor = c->exponential_average_factor;
+  out->average = c->average;
+  return *this;
+}
+
+Checker& Checker::required(const void* p, const char* name) {
+  if (!ok() || p) return *this;
+  return fail(BNORM_STATUS_NULL_POINTER, "argument '%s' is NULL", name);
+}
+
+Checker& Checker::pair(const void* a, const char* a_name, const void* b, const char* b_name) {
+  if (!ok() || (a == nullptr) == (b == nullptr)) return *this;
+  return fail(BNORM_STATUS_NULL_POINTER, "argument '%s' is NULL but '%s' is not; pass both or neither",
+              a ? b_name : a_name, a ? a_name : b_name);
+}
+
+Checker& Checker::aligned(const void* p, size_t alignment, const char* name) {
+  if (!ok() || !p || reinterpret_cast<uintptr_t>(p) % alignment == 0) return *this;
+  return fail(BNORM_STATUS_MISALIGNED, "argument '%s' (%p) is not aligned to %zu bytes", name, p,
+              alignment);
+}
+
+Checker& Checker::disjoint(const void* a, size_t a_bytes, const char* a_name, const void* b,
+                           size_t b_bytes, const char* b_name, bool allow_same) {
+  if (!ok() || !a || !b || a_bytes == 0 || b_bytes == 0) return *this;
+  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
+  if (allow_same && a0 == b0 && a_bytes == b_bytes) return *this;
+  if (a0 < b0 + b_bytes && b0 < a0 + a_bytes)
+    return fail(BNORM_STATUS_BAD_ALIASING, "arguments '%s' and '%s' overlap%s", a_name, b_name,
+                allow_same ? " (only exact in-place aliasing is allowed)" : "");
+  return *this;
+}
+
+Checker& Checker::workspace(const void* p, size_t have, size_t need) {
+  if (!ok()) return *this;
+  if (have < need)
+    return fail(BNORM_STATUS_WORKSPACE_TOO_SMALL,
+                "argument 'workspace_bytes' (%zu) is smaller than the %zu bytes this call needs",
+                have, need);
+  if (need > 0 && !p) return fail(BNORM_STATUS_NULL_POINTER, "argument 'workspace' is NULL");
+  return aligned(p, 16, "workspace");
+}
+
+}  // namespace host
+}  // namespace bnorm

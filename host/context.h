@@ -1,0 +1,33 @@
+// The handle's contents and the host layer's internal helpers.
+#pragma once
+
+#include <cstdarg>
+#include <cstdint>
+
+#include "bnorm.h"
+
+// Device facts cached at bnormCreate; planning reads only these, so every
+// call is host-only until it enqueues.
+struct bnormContext {
+  uint32_t magic;
+  int device;
+  int sm_count;
+  int cc_major, cc_minor;
+  int max_grid_y;
+  char name[256];
+};
+
+namespace bnorm {
+namespace host {
+
+constexpr uint32_t kHandleMagic = 0x6e6f726du;  // "morn"
+
+// Records the message of the current call on this thread. `call` names the
+// public function; the rest is printf-style. Returns `s` for chaining.
+bnormStatus_t fail(bnormStatus_t s, const char* call, const char* fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+// Clears this thread's message at the start of a call.
+void clear_error();
+
+}  // namespace host
+}  // namespace bnorm

@@ -1,0 +1,97 @@
+// bnormForwardTraining and its workspace query.
+#include <cuda_runtime_api.h>
+
+#include "checks.h"
+#include "kernels/launch.h"
+#include "plan.h"
+
+using namespace bnorm::host;
+namespace k = bnorm::kernels;
+
+extern "C" {
+
+bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
+                                                   const bnormTensorDesc_t* desc,
+                                                   const bnormConfig_t* config,
+                                                   size_t* workspace_bytes) {
+  Checker check("bnormGetForwardTrainingWorkspaceSize");
+  size_t elem = 0;
+  Config cfg;
+  check.handle(handle).desc(desc, &elem).config(config, false, &cfg)
+      .required(workspace_bytes, "workspace_bytes");
+  if (!check.ok()) return check.status();
+  const Plan plan = make_plan(*handle, *desc);
+  *workspace_bytes = k::ForwardWorkspace(desc->c, plan.reduce.splits).total;
+  return BNORM_STATUS_SUCCESS;
+}
+
+bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
+                                   const bnormTensorDesc_t* desc, const bnormConfig_t* config,
+                                   const void* x, void* y, const float* gamma, const float* beta,
+                                   float* running_mean, float* running_var, int64_t* step_count,
+                                   float* saved_mean, float* saved_rstd, void* workspace,
+                                   size_t workspace_bytes) {
+  Checker check("bnormForwardTraining");
+  size_t elem = 0;
+  Config cfg;
+  check.handle(handle).desc(desc, &elem).config(config, true, &cfg);
+  if (!check.ok()) return check.status();
+
+  const size_t bytes = tensor_bytes(desc, elem);
+  const size_t cbytes = size_t(desc->c) * sizeof(float);
+  const bool has_data = bytes > 0;
+  const bool tracking = running_mean || running_var;
+  const bool cumulative = cfg.average == BNORM_AVERAGE_CUMULATIVE;
+  if (has_data) check.required(x, "x").required(y, "y");
+  check.pair(running_mean, "running_mean", running_var, "running_var")
+      .pair(saved_mean, "saved_mean", saved_rstd, "saved_rstd");
+  if (tracking && cumulative) check.required(step_count, "step_count");
+  check.aligned(x, elem, "x").aligned(y, elem, "y").aligned(gamma, 4, "gamma")
+      .aligned(beta, 4, "beta").aligned(running_mean, 4, "running_mean")
+      .aligned(running_var, 4, "running_var").aligned(saved_mean, 4, "saved_mean")
+      .aligned(saved_rstd, 4, "saved_rstd");
+  if (tracking && cumulative) check.aligned(step_count, 8, "step_count");
+  // Outputs may not overlap each other or the inputs (y == x excepted).
+  check.disjoint(y, bytes, "y", x, bytes, "x", true)
+      .disjoint(running_mean, cbytes, "running_mean", running_var, cbytes, "running_var", false)
+      .disjoint(saved_mean, cbytes, "saved_mean", saved_rstd, cbytes, "saved_rstd", false)
+      .disjoint(saved_mean, cbytes, "saved_mean", running_mean, cbytes, "running_mean", false)
+      .disjoint(saved_mean, cbytes, "saved_mean", running_var, cbytes, "running_var", false)
+      .disjoint(saved_rstd, cbytes, "saved_rstd", running_mean, cbytes, "running_mean", false)
+      .disjoint(saved_rstd, cbytes, "saved_rstd", running_var, cbytes, "running_var", false);
+  if (!check.ok()) return check.status();
+
+  const int64_t m = desc->n * desc->spatial;
+  if (m == 1)
+    return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
+                      "n * spatial == 1: the variance of one value per channel is undefined")
+        .status();
+  const Plan plan = make_plan(*handle, *desc);
+  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
+  check.workspace(workspace, workspace_bytes, ws.total);
+  if (!check.ok()) return check.status();
+  if (m == 0) return BNORM_STATUS_SUCCESS;
+
+  k::ForwardTrainingArgs a{};
+  a.t = plan.t;
+  a.plan = plan.reduce;
+  a.x = x;
+  a.y = y;
+  a.gamma = gamma;
+  a.beta = beta;
+  a.running_mean = running_mean;
+  a.running_var = running_var;
+  a.step_count = tracking && cumulative ? step_count : nullptr;
+  a.saved_mean = saved_mean;
+  a.saved_rstd = saved_rstd;
+  a.eps = cfg.eps;
+  a.factor = cfg.factor;
+  a.workspace = workspace;
+  const cudaError_t e = k::forward_training(a, stream);
+  if (e != cudaSuccess)
+    return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))
+        .status();
+  return BNORM_STATUS_SUCCESS;
+}
+
+}  // extern "C"

@@ -1,0 +1,52 @@
+// Handle lifetime: a handle caches what planning needs to know about its
+// device, so that no later call asks the driver anything.
+#include <cstring>
+#include <new>
+
+#include <cuda_runtime_api.h>
+
+#include "context.h"
+
+using bnorm::host::clear_error;
+using bnorm::host::fail;
+
+extern "C" {
+
+bnormStatus_t bnormCreate(bnormHandle_t* handle) {
+  static const char* kCall = "bnormCreate";
+  clear_error();
+  if (!handle) return fail(BNORM_STATUS_NULL_POINTER, kCall, "argument 'handle' is NULL");
+  *handle = nullptr;
+  int device = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  cudaDeviceProp prop;
+  if (e == cudaSuccess) e = cudaGetDeviceProperties(&prop, device);
+  if (e != cudaSuccess)
+    return fail(BNORM_STATUS_CUDA_ERROR, kCall, "querying the current device failed: %s",
+                cudaGetErrorString(e));
+  auto* ctx = new (std::nothrow) bnormContext;
+  if (!ctx) return fail(BNORM_STATUS_ALLOC_FAILED, kCall, "no host memory for the handle");
+  ctx->magic = bnorm::host::kHandleMagic;
+  ctx->device = device;
+  ctx->sm_count = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
+  ctx->cc_major = prop.major;
+  ctx->cc_minor = prop.minor;
+  ctx->max_grid_y = prop.maxGridSize[1] > 0 ? prop.maxGridSize[1] : 65535;
+  std::memcpy(ctx->name, prop.name, sizeof ctx->name);
+  ctx->name[sizeof ctx->name - 1] = '\0';
+  *handle = ctx;
+  return BNORM_STATUS_SUCCESS;
+}
+
+bnormStatus_t bnormDestroy(bnormHandle_t handle) {
+  clear_error();
+  if (!handle) return BNORM_STATUS_SUCCESS;
+  if (handle->magic != bnorm::host::kHandleMagic)
+    return fail(BNORM_STATUS_BAD_HANDLE, "bnormDestroy",
+                "argument 'handle' was not made by bnormCreate");
+  handle->magic = 0;
+  delete handle;
+  return BNORM_STATUS_SUCCESS;
+}
+
+}  // extern "C"

@@ -1,0 +1,90 @@
+// bnormForwardInference and bnormGetInferenceScaleShift.
+#include <cuda_runtime_api.h>
+
+#include "checks.h"
+#include "kernels/launch.h"
+#include "plan.h"
+
+using namespace bnorm::host;
+namespace k = bnorm::kernels;
+
+extern "C" {
+
+bnormStatus_t bnormForwardInference(bnormHandle_t handle, cudaStream_t stream,
+                                    const bnormTensorDesc_t* desc, const bnormConfig_t* config,
+                                    const void* x, void* y, const float* gamma,
+                                    const float* beta, const float* running_mean,
+                                    const float* running_var) {
+  Checker check("bnormForwardInference");
+  size_t elem = 0;
+  Config cfg;
+  check.handle(handle).desc(desc, &elem).config(config, false, &cfg);
+  if (!check.ok()) return check.status();
+  const size_t bytes = tensor_bytes(desc, elem);
+  if (bytes > 0) check.required(x, "x").required(y, "y");
+  check.required(running_mean, "running_mean").required(running_var, "running_var");
+  check.aligned(x, elem, "x").aligned(y, elem, "y").aligned(gamma, 4, "gamma")
+      .aligned(beta, 4, "beta").aligned(running_mean, 4, "running_mean")
+      .aligned(running_var, 4, "running_var");
+  check.disjoint(y, bytes, "y", x, bytes, "x", true);
+  if (!check.ok()) return check.status();
+  if (bytes == 0) return BNORM_STATUS_SUCCESS;
+
+  const Plan plan = make_plan(*handle, *desc);
+  k::InferenceArgs a{};
+  a.t = plan.t;
+  a.plan = plan.reduce;
+  a.x = x;
+  a.y = y;
+  a.gamma = gamma;
+  a.beta = beta;
+  a.running_mean = running_mean;
+  a.running_var = running_var;
+  a.eps = cfg.eps;
+  const cudaError_t e = k::forward_inference(a, stream);
+  if (e != cudaSuccess)
+    return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))
+        .status();
+  return BNORM_STATUS_SUCCESS;
+}
+
+bnormStatus_t bnormGetInferenceScaleShift(bnormHandle_t handle, cudaStream_t stream, int64_t c,
+                                          const bnormConfig_t* config, const float* gamma,
+                                          const float* beta, const float* running_mean,
+                                          const float* running_var, float* scale, float* shift) {
+  Checker check("bnormGetInferenceScaleShift");
+  Config cfg;
+  check.handle(handle).channels(c).config(config, false, &cfg);
+  if (!check.ok()) return check.status();
+  const size_t cb = size_t(c) * sizeof(float);
+  check.required(running_mean, "running_mean").required(running_var, "running_var")
+      .required(scale, "scale").required(shift, "shift");
+  check.aligned(gamma, 4, "gamma").aligned(beta, 4, "beta")
+      .aligned(running_mean, 4, "running_mean").aligned(running_var, 4, "running_var")
+      .aligned(scale, 4, "scale").aligned(shift, 4, "shift");
+  check.disjoint(scale, cb, "scale", shift, cb, "shift", false);
+  const void* inputs[] = {gamma, beta, running_mean, running_var};
+  const char* names[] = {"gamma", "beta", "running_mean", "running_var"};
+  for (int i = 0; i < 4; ++i) {
+    check.disjoint(scale, cb, "scale", inputs[i], cb, names[i], false)
+        .disjoint(shift, cb, "shift", inputs[i], cb, names[i], false);
+  }
+  if (!check.ok()) return check.status();
+
+  k::ScaleShiftArgs a{};
+  a.c = c;
+  a.gamma = gamma;
+  a.beta = beta;
+  a.running_mean = running_mean;
+  a.running_var = running_var;
+  a.eps = cfg.eps;
+  a.scale = scale;
+  a.shift = shift;
+  const cudaError_t e = k::inference_scale_shift(a, stream);
+  if (e != cudaSuccess)
+    return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))
+        .status();
+  return BNORM_STATUS_SUCCESS;
+}
+
+}  // extern "C"

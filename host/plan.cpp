@@ -1,0 +1,58 @@
+#include "plan.h"
+
+#include <algorithm>
+
+namespace bnorm {
+namespace host {
+
+namespace {
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+kernels::DType dtype_of(bnormDataType_t d) {
+  switch (d) {
+    case BNORM_DATA_HALF: return kernels::DType::F16;
+    case BNORM_DATA_BFLOAT16: return kernels::DType::BF16;
+    default: return kernels::DType::F32;
+  }
+}
+
+}  // namespace
+
+Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d) {
+  Plan p;
+  p.t.dtype = dtype_of(d.dtype);
+  p.t.n = d.n;
+  p.t.c = d.c;
+  p.t.spatial = d.spatial;
+  // With spatial == 1 or c == 1 the two layouts are the same bytes; the
+  // channel-minor kernels then read whole rows of channels contiguously.
+  const bool major = d.layout == BNORM_LAYOUT_NCHW && d.spatial > 1 && d.c > 1;
+  p.t.order = major ? kernels::Order::ChannelMajor : kernels::Order::ChannelMinor;
+
+  // Reductions: aim for about four blocks per SM in all, but give each
+  // thread at least one full register tile, and keep splits on grid.y.
+  const int64_t target_blocks = int64_t(ctx.sm_count) * 4;
+  const int64_t m = p.t.m();
+  int64_t channel_blocks, useful;
+  if (major) {
+    channel_blocks = d.c;
+    useful = ceil_div(m, int64_t(kernels::kReduceThreads) * kernels::kTile);
+  } else {
+    channel_blocks = ceil_div(d.c, kernels::kMinorCols);
+    useful = ceil_div(m, int64_t(kernels::kMinorRows) * kernels::kTile);
+  }
+  const int64_t wanted = ceil_div(target_blocks, channel_blocks);
+  p.reduce.splits = std::max<int64_t>(1, std::min({wanted, useful, int64_t(ctx.max_grid_y)}));
+
+  // Elementwise passes: grid-stride, about four values per thread, capped at
+  // sixteen blocks per SM (enough to cover memory latency).
+  const int64_t numel = p.t.numel();
+  const int64_t blocks = ceil_div(numel, int64_t(kernels::kApplyThreads) * 4);
+  p.reduce.apply_blocks =
+      int(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(ctx.sm_count) * 16)));
+  return p;
+}
+
+}  // namespace host
+}  // namespace bnorm

@@ -1,0 +1,22 @@
+// Kernel choice and grid sizing for a shape on a device. Pure host
+// arithmetic over the handle's cached properties: the workspace-size queries
+// and the calls share it, so they always agree.
+#pragma once
+
+#include "bnorm.h"
+#include "context.h"
+#include "kernels/launch.h"
+
+namespace bnorm {
+namespace host {
+
+struct Plan {
+  kernels::Tensor t;
+  kernels::ReducePlan reduce;
+};
+
+// desc must have passed Checker::desc.
+Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& desc);
+
+}  // namespace host
+}  // namespace bnorm

@@ -1,0 +1,304 @@
+/*
+ * bnorm: fused CUDA kernels for batch normalization.
+ *
+ * The one public header. Usable from C99 and C++.
+ *
+ * ---------------------------------------------------------------------------
+ * The math (every call meets it; see DESIGN.md for the derivation)
+ *
+ *   Per channel c, over the m = n * spatial values of the mini-batch:
+ *     mean  = (1/m) sum x                 var = (1/m) sum (x - mean)^2
+ *     rstd  = 1 / sqrt(var + eps)         xhat = (x - mean) * rstd
+ *     y     = gamma * xhat + beta
+ *   Running statistics (training), with factor f:
+ *     running_mean = (1 - f) running_mean + f mean
+ *     running_var  = (1 - f) running_var  + f var m / (m - 1)     (unbiased)
+ *   Backward, with g = dy:
+ *     dbeta  = sum g          dgamma = sum g xhat
+ *     dx     = gamma rstd (g - dbeta/m - xhat dgamma/m)
+ *   Frozen-statistics backward (eval-mode BN; statistics are constants):
+ *     dx     = gamma rstd g   with rstd, mean taken from the running statistics
+ *
+ * ---------------------------------------------------------------------------
+ * Conventions shared by every call
+ *
+ *  - Asynchrony. Every call that takes a stream only enqueues work on it and
+ *    returns. No call allocates device memory, synchronizes, or reads device
+ *    memory from the host, so every call is legal inside CUDA graph capture.
+ *    Host-side argument checks happen before anything is enqueued.
+ *  - Failure. A call that returns anything but BNORM_STATUS_SUCCESS enqueued
+ *    nothing: outputs, running statistics and the step counter are untouched.
+ *    bnormGetLastErrorMessage() then names the offending argument.
+ *  - Memory. Every tensor and per-channel pointer is a device pointer (under
+ *    the emulated build, memory from its cudaMalloc or any host memory).
+ *    Tensors are dense, with no padding, in the layout the descriptor names.
+ *    Per-channel arrays (gamma, beta, statistics, gradients) are fp32 arrays
+ *    of length c, whatever the activation type.
+ *  - Alignment. Tensors must be aligned to their element size, per-channel
+ *    arrays to 4 bytes, the step counter to 8 bytes and the workspace to 16
+ *    bytes; otherwise the call returns BNORM_STATUS_MISALIGNED. (Alignment
+ *    beyond that only selects faster kernels; it is never required.)
+ *  - Empty tensors. A tensor pointer may be NULL when its tensor has no
+ *    elements (n == 0).
+ *  - Determinism. The same inputs on the same device, handle configuration
+ *    and shape give bitwise identical outputs, run after run: partial results
+ *    are merged in a fixed order and no call uses floating-point atomics.
+ *  - Threads. A handle may be used from one host thread at a time; different
+ *    handles may be used concurrently. A handle belongs to the device that
+ *    was current when it was created; calls must be made with that device
+ *    current.
+ */
+#ifndef BNORM_H_
+#define BNORM_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h> /* cudaStream_t */
+
+#define BNORM_VERSION_MAJOR 0
+#define BNORM_VERSION_MINOR 1
+#define BNORM_VERSION_PATCH 0
+/* One integer, comparable: 100 * (100 * major + minor) + patch. */
+#define BNORM_VERSION \
+  (BNORM_VERSION_MAJOR * 10000 + BNORM_VERSION_MINOR * 100 + BNORM_VERSION_PATCH)
+
+#if defined(_WIN32)
+#define BNORM_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define BNORM_API __attribute__((visibility("default")))
+#else
+#define BNORM_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes, grouped by kind: the hundreds digit says who must act.      */
+
+typedef enum {
+  BNORM_STATUS_SUCCESS = 0,
+
+  /* 1xx: the arguments are wrong. Nothing was enqueued or written. */
+  BNORM_STATUS_NULL_POINTER = 100,        /* a required pointer is NULL */
+  BNORM_STATUS_INVALID_VALUE = 101,       /* unknown enum, bad eps/factor, bad config */
+  BNORM_STATUS_BAD_SHAPE = 102,           /* a dimension is out of range or overflows */
+  BNORM_STATUS_MISALIGNED = 103,          /* a pointer breaks the alignment rules */
+  BNORM_STATUS_WORKSPACE_TOO_SMALL = 104, /* workspace_bytes < the size query's answer */
+  BNORM_STATUS_BATCH_TOO_SMALL = 105,     /* m == 1 in training: variance undefined */
+  BNORM_STATUS_BAD_ALIASING = 106,        /* tensors overlap in a way the call forbids */
+  BNORM_STATUS_BAD_HANDLE = 107,          /* NULL or destroyed handle */
+
+  /* 2xx: a valid request this build or device cannot carry out. */
+  BNORM_STATUS_NOT_SUPPORTED = 200,
+
+  /* 3xx: the CUDA runtime or the host failed. */
+  BNORM_STATUS_CUDA_ERROR = 300,   /* a CUDA call failed; the message has its text */
+  BNORM_STATUS_ALLOC_FAILED = 301, /* host memory for a handle could not be had */
+
+  /* 9xx: a bug in bnorm. Please report it with the message. */
+  BNORM_STATUS_INTERNAL_ERROR = 900
+} bnormStatus_t;
+
+/* A static, never-NULL string for every status ("unknown status" otherwise). */
+BNORM_API const char* bnormGetStatusString(bnormStatus_t status);
+
+/* The message of the last bnorm call made on the calling host thread: the
+ * empty string if it succeeded, else a sentence naming the call and the
+ * offending argument. Valid until the thread's next bnorm call. */
+BNORM_API const char* bnormGetLastErrorMessage(void);
+
+/* BNORM_VERSION of the library actually loaded (compare with the macro). */
+BNORM_API int bnormGetVersion(void);
+
+/* ------------------------------------------------------------------------ */
+/* Tensors                                                                   */
+
+typedef enum {
+  BNORM_DATA_FLOAT = 0, /* fp32 */
+  BNORM_DATA_HALF = 1,  /* IEEE fp16 (__half) */
+  BNORM_DATA_BFLOAT16 = 2
+} bnormDataType_t;
+
+typedef enum {
+  BNORM_LAYOUT_NCHW = 0, /* channel-first: (n, c, spatial...) */
+  BNORM_LAYOUT_NHWC = 1  /* channel-last:  (n, spatial..., c) */
+} bnormLayout_t;
+
+/* One activation tensor: n samples, c channels, and `spatial` values per
+ * (sample, channel): the product of the spatial extents (d*h*w, h*w, or 1
+ * for a plain (n, c) batch). 1-D, 2-D and 3-D batch norm are the same call.
+ * Valid: n >= 0, c >= 1, spatial >= 1, n*c*spatial*element_size < 2^63. */
+typedef struct {
+  bnormDataType_t dtype;
+  bnormLayout_t layout;
+  int64_t n;
+  int64_t c;
+  int64_t spatial;
+} bnormTensorDesc_t;
+
+/* ------------------------------------------------------------------------ */
+/* Configuration: one versioned struct for every call (NCCL-style growth:
+ * new fields are appended; the library reads only what `size` covers).
+ * Initialize with BNORM_CONFIG_INITIALIZER, then change fields.
+ * Passing NULL for a config means the initializer's defaults.               */
+
+typedef enum {
+  /* running = (1 - f) running + f batch, f = exponential_average_factor */
+  BNORM_AVERAGE_EXPONENTIAL = 0,
+  /* f = 1 / (1 + t), t a step counter in device memory that the call then
+   * increments: after k calls the running statistics are the plain mean of
+   * the k batch statistics (PyTorch's momentum=None). */
+  BNORM_AVERAGE_CUMULATIVE = 1
+} bnormAverage_t;
+
+typedef struct {
+  size_t size;           /* sizeof(bnormConfig_t) as the caller compiled it */
+  unsigned int magic;    /* BNORM_CONFIG_MAGIC */
+  unsigned int version;  /* BNORM_VERSION the caller compiled against */
+  double eps;            /* >= 0 and finite; used exactly as given. Default 1e-5 */
+  double exponential_average_factor; /* in [0, 1]. Default 0.1 */
+  bnormAverage_t average;            /* Default BNORM_AVERAGE_EXPONENTIAL */
+} bnormConfig_t;
+
+#define BNORM_CONFIG_MAGIC 0xb7a0c0f1u
+#define BNORM_CONFIG_INITIALIZER                                           \
+  {                                                                        \
+    sizeof(bnormConfig_t), BNORM_CONFIG_MAGIC, BNORM_VERSION, 1e-5, 0.1,   \
+        BNORM_AVERAGE_EXPONENTIAL                                          \
+  }
+
+/* ------------------------------------------------------------------------ */
+/* Handle                                                                    */
+
+typedef struct bnormContext* bnormHandle_t;
+
+/* Creates a handle for the current CUDA device: caches its properties and
+ * launch choices. Allocates host memory only. */
+BNORM_API bnormStatus_t bnormCreate(bnormHandle_t* handle);
+
+/* Destroys a handle. NULL is a no-op that succeeds. Work already enqueued
+ * with the handle is unaffected (the handle owns no device memory). */
+BNORM_API bnormStatus_t bnormDestroy(bnormHandle_t handle);
+
+/* ------------------------------------------------------------------------ */
+/* Forward training
+ *
+ * Computes the batch statistics of x per channel, writes
+ * y = gamma * (x - mean) * rstd + beta, and updates the running statistics.
+ *
+ *   x, y           tensors described by desc. y == x (in place) is allowed;
+ *                  any other overlap is BNORM_STATUS_BAD_ALIASING.
+ *   gamma, beta    may be NULL: treated as all ones / all zeros.
+ *   running_mean,  both NULL (not tracked) or both set; updated in place
+ *   running_var    (running_var gets the unbiased variance, m/(m-1)).
+ *   step_count     one int64 in device memory; required when
+ *                  config->average is BNORM_AVERAGE_CUMULATIVE and running
+ *                  statistics are tracked (read, then incremented by one, on
+ *                  the device, so a captured graph replays correctly);
+ *                  ignored otherwise and may be NULL.
+ *   saved_mean,    both NULL or both set: the batch mean and rstd, for
+ *   saved_rstd     bnormBackward.
+ *   workspace      at least bnormGetForwardTrainingWorkspaceSize() bytes,
+ *                  16-byte aligned; may be NULL when that size is 0. Its
+ *                  contents need no initialization and are clobbered.
+ *
+ * m = n * spatial. m == 0: success, nothing is launched or written.
+ * m == 1: BNORM_STATUS_BATCH_TOO_SMALL.
+ * eps and the factor come from config (NULL: defaults). */
+BNORM_API bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
+                                                             const bnormTensorDesc_t* desc,
+                                                             const bnormConfig_t* config,
+                                                             size_t* workspace_bytes);
+
+BNORM_API bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
+                                             const bnormTensorDesc_t* desc,
+                                             const bnormConfig_t* config, const void* x, void* y,
+                                             const float* gamma, const float* beta,
+                                             float* running_mean, float* running_var,
+                                             int64_t* step_count, float* saved_mean,
+                                             float* saved_rstd, void* workspace,
+                                             size_t workspace_bytes);
+
+/* ------------------------------------------------------------------------ */
+/* Forward inference
+ *
+ * y = gamma * (x - running_mean) / sqrt(running_var + eps) + beta.
+ * Needs no workspace. y == x allowed; other overlap is BAD_ALIASING.
+ * gamma, beta may be NULL (ones / zeros); running_mean and running_var are
+ * required. m == 0: success, nothing launched. */
+BNORM_API bnormStatus_t bnormForwardInference(bnormHandle_t handle, cudaStream_t stream,
+                                              const bnormTensorDesc_t* desc,
+                                              const bnormConfig_t* config, const void* x, void* y,
+                                              const float* gamma, const float* beta,
+                                              const float* running_mean,
+                                              const float* running_var);
+
+/* The inference transform as one multiply-add per element, for folding BN
+ * into the preceding convolution or linear layer:
+ *   scale = gamma / sqrt(running_var + eps),  shift = beta - running_mean * scale
+ * so that inference is y = x * scale + shift. c >= 1 channels; gamma, beta
+ * may be NULL; scale and shift are required, must not overlap the inputs. */
+BNORM_API bnormStatus_t bnormGetInferenceScaleShift(bnormHandle_t handle, cudaStream_t stream,
+                                                    int64_t c, const bnormConfig_t* config,
+                                                    const float* gamma, const float* beta,
+                                                    const float* running_mean,
+                                                    const float* running_var, float* scale,
+                                                    float* shift);
+
+/* ------------------------------------------------------------------------ */
+/* Backward (gradient through the batch statistics)
+ *
+ *   x, dy          the forward input and the gradient of y (desc for both).
+ *   dx             the gradient of x. dx == dy or dx == x allowed; other
+ *                  overlap is BNORM_STATUS_BAD_ALIASING.
+ *   gamma          may be NULL (ones).
+ *   saved_mean,    both set (as bnormForwardTraining saved them) or both
+ *   saved_rstd     NULL: then the batch statistics are recomputed from x with
+ *                  config->eps.
+ *   dgamma, dbeta  both set, or both NULL (not returned; dx is still exact).
+ *                  Overwritten, not accumulated.
+ *   workspace      at least bnormGetBackwardWorkspaceSize() bytes.
+ *
+ * m == 0: success; dgamma and dbeta (if set) are zeroed, nothing else runs.
+ * m == 1: BNORM_STATUS_BATCH_TOO_SMALL (as in training). */
+BNORM_API bnormStatus_t bnormGetBackwardWorkspaceSize(bnormHandle_t handle,
+                                                      const bnormTensorDesc_t* desc,
+                                                      const bnormConfig_t* config,
+                                                      size_t* workspace_bytes);
+
+BNORM_API bnormStatus_t bnormBackward(bnormHandle_t handle, cudaStream_t stream,
+                                      const bnormTensorDesc_t* desc, const bnormConfig_t* config,
+                                      const void* x, const void* dy, void* dx, const float* gamma,
+                                      const float* saved_mean, const float* saved_rstd,
+                                      float* dgamma, float* dbeta, void* workspace,
+                                      size_t workspace_bytes);
+
+/* ------------------------------------------------------------------------ */
+/* Frozen-statistics backward (the backward of bnormForwardInference)
+ *
+ *   dx = gamma * rstd * dy,  rstd = 1 / sqrt(running_var + eps)
+ *   dgamma = sum dy * (x - running_mean) * rstd,  dbeta = sum dy
+ * Pointers as in bnormBackward; running_mean and running_var are required.
+ * x may be NULL when dgamma and dbeta are NULL (dx needs only dy).
+ * m == 0: success; dgamma and dbeta (if set) are zeroed. m == 1 is valid. */
+BNORM_API bnormStatus_t bnormGetBackwardFrozenWorkspaceSize(bnormHandle_t handle,
+                                                            const bnormTensorDesc_t* desc,
+                                                            const bnormConfig_t* config,
+                                                            size_t* workspace_bytes);
+
+BNORM_API bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t stream,
+                                            const bnormTensorDesc_t* desc,
+                                            const bnormConfig_t* config, const void* x,
+                                            const void* dy, void* dx, const float* gamma,
+                                            const float* running_mean, const float* running_var,
+                                            float* dgamma, float* dbeta, void* workspace,
+                                            size_t workspace_bytes);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* BNORM_H_ */

@@ -1,0 +1,152 @@
+// The launchers of bnorm's kernel families: the one interface between host/
+// (which validates, plans and owns the public API) and kernels/ (which owns
+// launch setup). Plain C++: no CUDA syntax, so host/ compiles without nvcc.
+//
+// Every launcher enqueues on the given stream and returns the CUDA error of
+// its launches (cudaSuccess when all were accepted). Arguments arrive
+// validated; a launcher never checks what host/ already checked.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace bnorm {
+namespace kernels {
+
+enum class DType { F32, F16, BF16 };
+
+// How the channel of an element is found. host/ maps the public layouts onto
+// these: NCHW with spatial > 1 is ChannelMajor, NHWC (and any tensor with
+// spatial == 1 or c == 1, whose two layouts coincide in memory) is
+// ChannelMinor.
+enum class Order {
+  ChannelMajor,  // element (i, ch, s) at (i*c + ch)*spatial + s
+  ChannelMinor   // element (i, ch) at i*c + ch, i over the n*spatial rows
+};
+
+struct Tensor {
+  DType dtype;
+  Order order;
+  int64_t n;        // samples
+  int64_t c;        // channels
+  int64_t spatial;  // values per (sample, channel); ChannelMinor folds it into rows
+  int64_t m() const { return n * spatial; }
+  int64_t numel() const { return n * c * spatial; }
+};
+
+// Kernel geometry, shared with host/'s planning.
+constexpr int kReduceThreads = 256;  // threads of a reduction block
+constexpr int kMinorCols = 32;       // ChannelMinor reduction block: 32 channels...
+constexpr int kMinorRows = 8;        // ...by 8 rows
+constexpr int kTile = 8;             // values per thread per register tile
+constexpr int kApplyThreads = 256;   // threads of an elementwise block
+
+// How a per-channel reduction is cut: `splits` blocks share each channel
+// (ChannelMajor) or each 32-channel tile (ChannelMinor).
+struct ReducePlan {
+  int64_t splits;
+  int apply_blocks;  // grid of the elementwise pass (grid-stride)
+};
+
+// ---- workspace layout -----------------------------------------------------------
+// Every sub-array starts 16-byte aligned; sizes are in bytes.
+inline size_t align16(size_t b) { return (b + 15) & ~size_t(15); }
+
+// Forward training: per-(split, channel) Welford partials, then four
+// per-channel arrays the finalize writes for the normalize pass (pivot,
+// scale, shift) and for a backward that recomputes statistics (rstd).
+struct ForwardWorkspace {
+  size_t partials, pivot, scale, shift, mean, rstd, total;
+  ForwardWorkspace(int64_t c, int64_t splits) {
+    partials = 0;
+    pivot = align16(partials + size_t(splits) * size_t(c) * 3 * sizeof(float));
+    scale = align16(pivot + size_t(c) * sizeof(float));
+    shift = align16(scale + size_t(c) * sizeof(float));
+    mean = align16(shift + size_t(c) * sizeof(float));
+    rstd = align16(mean + size_t(c) * sizeof(float));
+    total = align16(rstd + size_t(c) * sizeof(float));
+  }
+};
+
+// Backward: per-(split, channel) gradient sums, then the per-channel
+// coefficients of dx; a backward that must recompute the batch statistics
+// first uses a ForwardWorkspace placed after these.
+struct BackwardWorkspace {
+  size_t partials, coeffs, forward, total;
+  BackwardWorkspace(int64_t c, int64_t splits, bool recompute_stats) {
+    partials = 0;
+    coeffs = align16(partials + size_t(splits) * size_t(c) * 2 * sizeof(float));
+    forward = align16(coeffs + size_t(c) * 4 * sizeof(float));
+    total = forward + (recompute_stats ? ForwardWorkspace(c, splits).total : 0);
+  }
+};
+
+// ---- forward training ----------------------------------------------------------------
+struct ForwardTrainingArgs {
+  Tensor t;
+  ReducePlan plan;
+  const void* x;
+  void* y;  // NULL: statistics only (backward's recomputation)
+  const float* gamma;
+  const float* beta;
+  float* running_mean;  // NULL: not tracked
+  float* running_var;
+  int64_t* step_count;  // non-NULL only in cumulative mode with tracking
+  float* saved_mean;    // NULL: not saved
+  float* saved_rstd;
+  double eps;
+  double factor;  // exponential mode only
+  void* workspace;
+};
+cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
+
+// ---- forward inference ---------------------------------------------------------------
+struct InferenceArgs {
+  Tensor t;
+  ReducePlan plan;
+  const void* x;
+  void* y;
+  const float* gamma;
+  const float* beta;
+  const float* running_mean;
+  const float* running_var;
+  double eps;
+};
+cudaError_t forward_inference(const InferenceArgs& a, cudaStream_t stream);
+
+struct ScaleShiftArgs {
+  int64_t c;
+  const float* gamma;
+  const float* beta;
+  const float* running_mean;
+  const float* running_var;
+  double eps;
+  float* scale;
+  float* shift;
+};
+cudaError_t inference_scale_shift(const ScaleShiftArgs& a, cudaStream_t stream);
+
+// ---- backward --------------------------------------------------------------------------
+struct BackwardArgs {
+  Tensor t;
+  ReducePlan plan;
+  const void* x;
+  const void* dy;
+  void* dx;
+  const float* gamma;
+  // Full backward: the batch statistics (mean, rstd); NULL: recompute from x.
+  // Frozen backward: the running statistics (mean, var), always set.
+  const float* mean;
+  const float* stat;
+  float* dgamma;  // NULL with dbeta: not returned
+  float* dbeta;
+  double eps;
+  bool frozen;
+  void* workspace;
+};
+cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
+
+}  // namespace kernels
+}  // namespace bnorm

@@ -56,12 +56,16 @@
 #endif
 #define __shared__ bnorm_emu_static_shared_memory_is_not_supported_use_BNORM_DYNAMIC_SHARED
 
+// Exported from bnorm_emu so that kernels compiled outside it (the
+// emulator's own tests) run on the same scheduler.
+#define BNORM_EMU_API __attribute__((visibility("default")))
+
 namespace emu {
 
 struct ThreadState;
 struct BlockState;
-extern thread_local ThreadState* tls_thread;
-extern thread_local BlockState* tls_block;
+BNORM_EMU_API extern thread_local ThreadState* tls_thread;
+BNORM_EMU_API extern thread_local BlockState* tls_block;
 
 // The parts of a thread's and a block's state that kernel code reads.
 struct ThreadState {
@@ -78,20 +82,20 @@ struct BlockState {
 };
 
 // Block-wide barrier: every live thread of the block, from one source line.
-void syncthreads(const char* file, int line);
+BNORM_EMU_API void syncthreads(const char* file, int line);
 // Barrier among the lanes of `mask` (which must include the caller).
-void syncwarp(unsigned mask);
+BNORM_EMU_API void syncwarp(unsigned mask);
 // Writes `mine` to the warp's exchange slot, waits for the lanes of `mask`,
 // and returns the value lane `src` wrote (a poison pattern if `src` is not
 // in `mask`).
-uint64_t warp_exchange(unsigned mask, uint64_t mine, int src);
-unsigned warp_ballot(unsigned mask, bool pred);
-void grid_sync(const char* file, int line);
+BNORM_EMU_API uint64_t warp_exchange(unsigned mask, uint64_t mine, int src);
+BNORM_EMU_API unsigned warp_ballot(unsigned mask, bool pred);
+BNORM_EMU_API void grid_sync(const char* file, int line);
 
 using KernelBody = std::function<void()>;
 // Runs the grid to completion on the CPU. A bad configuration sets the
 // emulated runtime's last error, as a failed <<<>>> launch does.
-void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+BNORM_EMU_API void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
             KernelBody body, bool cooperative);
 
 template <class T>

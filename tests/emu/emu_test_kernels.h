@@ -1,0 +1,45 @@
+// Kernels that exercise the emulator itself (tests/emu/emu_test_kernels.cu,
+// compiled for the CPU only). Each launcher runs one grid and returns the
+// launch's error.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace emu_test {
+
+// out[i] = in[(i + 1) % n] through shared memory, with the barrier between
+// the write and the read present or (to show the randomized schedule
+// catching it) missing. One block of n threads.
+cudaError_t neighbour_exchange(const int* in, int* out, int n, bool with_barrier);
+
+// Each lane records what the shuffles and votes return (see the .cu).
+// out holds 8 ints per thread; `threads` need not be a multiple of 32 as
+// long as partial warps use the matching mask.
+cudaError_t warp_collectives(int* out, int threads);
+
+// out[i] = first 4 bytes of shared memory, read before anything is written.
+cudaError_t read_unwritten_shared(int* out);
+
+// Every thread of a multi-dimensional grid writes its linear ids.
+cudaError_t index_builtins(int* out, dim3 grid, dim3 block);
+
+// Every thread adds 1 to *counter (blocks run on several host threads).
+cudaError_t atomic_count(unsigned long long* counter, int blocks, int threads);
+
+// Cooperative: block b writes v[b] = b + 1, grid sync, then reads all and
+// writes sum[b] = sum of v. With `cooperative` false the grid sync is
+// reached in an ordinary launch, which aborts.
+cudaError_t grid_exchange(int* v, int* sum, int blocks, bool cooperative);
+
+// Bugs the emulator must refuse, each aborting with a message:
+cudaError_t barrier_after_early_exit();  // thread 0 returns, others wait
+cudaError_t divergent_barriers();        // even/odd threads at different lines
+cudaError_t shuffle_without_own_lane();  // mask excludes the caller
+cudaError_t shuffle_with_exited_lane();  // lane 31 exits, the rest shuffle with it
+
+// A launch with 2048 threads per block (invalid configuration).
+cudaError_t oversized_block();
+
+}  // namespace emu_test

@@ -1,0 +1,161 @@
+// The CPU SIMT emulator itself: barriers, warp collectives, shared-memory
+// poisoning, the index built-ins, atomics across host threads, cooperative
+// grids, the randomized schedule, and the bugs it must refuse loudly.
+#include <gtest/gtest.h>
+
+#include <numeric>
+#include <vector>
+
+#include "bnorm_emu.h"
+#include "emu_test_kernels.h"
+
+namespace {
+
+class Emulator : public ::testing::Test {
+ protected:
+  void TearDown() override { bnormEmuSetRandomSchedule(0, 0); }
+};
+
+TEST_F(Emulator, BarrierOrdersSharedMemoryUnderAnySchedule) {
+  const int n = 256;
+  std::vector<int> in(n), out(n);
+  std::iota(in.begin(), in.end(), 1000);
+  for (unsigned seed = 0; seed < 10; ++seed) {
+    bnormEmuSetRandomSchedule(seed != 0, seed);
+    std::fill(out.begin(), out.end(), -1);
+    ASSERT_EQ(emu_test::neighbour_exchange(in.data(), out.data(), n, true), cudaSuccess);
+    for (int t = 0; t < n; ++t) ASSERT_EQ(out[t], in[(t + 1) % n]) << "seed " << seed;
+  }
+}
+
+TEST_F(Emulator, RandomScheduleExposesAMissingBarrier) {
+  // Without the barrier a thread may read its neighbour's slot before the
+  // neighbour wrote it: the poison (-1) then shows through. In ascending
+  // order every neighbour but thread 0's runs later, so nearly all reads
+  // are wrong; under a random order about half are.
+  const int n = 256;
+  std::vector<int> in(n), out(n);
+  std::iota(in.begin(), in.end(), 1000);
+  bnormEmuSetRandomSchedule(1, 12345);
+  ASSERT_EQ(emu_test::neighbour_exchange(in.data(), out.data(), n, false), cudaSuccess);
+  int wrong = 0;
+  for (int t = 0; t < n; ++t) wrong += out[t] != in[(t + 1) % n];
+  EXPECT_GT(wrong, n / 8);
+  EXPECT_LT(wrong, n - n / 8);  // random, not ascending
+}
+
+TEST_F(Emulator, SharedMemoryIsPoisonedAtBlockStart) {
+  std::vector<int> out(64, 0);
+  ASSERT_EQ(emu_test::read_unwritten_shared(out.data()), cudaSuccess);
+  for (int v : out) EXPECT_EQ(v, -1);
+}
+
+class WarpCollectives : public ::testing::TestWithParam<int> {};
+
+TEST_P(WarpCollectives, MatchCudaSemantics) {
+  const int threads = GetParam();
+  std::vector<int> out(size_t(8 * threads), -7);
+  ASSERT_EQ(emu_test::warp_collectives(out.data(), threads), cudaSuccess);
+  for (int t = 0; t < threads; ++t) {
+    const int lane = t % 32;
+    const int lanes = std::min(32, threads - (t - lane));
+    const int* o = &out[size_t(8 * t)];
+    SCOPED_TRACE(::testing::Message() << "thread " << t);
+    // xor 1: the partner, when it exists in a partial warp; else poison.
+    if ((lane ^ 1) < lanes) {
+      EXPECT_EQ(o[0], 100 + (lane ^ 1));
+    } else {
+      EXPECT_EQ(o[0], -1);
+    }
+    // down 2: own value past the end of the warp.
+    if (lane + 2 < 32) {
+      if (lane + 2 < lanes) {
+        EXPECT_EQ(o[1], 200 + lane + 2);
+      }
+    } else {
+      EXPECT_EQ(o[1], 200 + lane);
+    }
+    EXPECT_EQ(o[2], lane >= 3 ? 300 + lane - 3 : 300 + lane);  // up 3
+    if (5 < lanes) {
+      EXPECT_EQ(o[3], 405);  // broadcast lane 5
+    }
+    if ((lane ^ 4) < lanes) {
+      EXPECT_EQ(o[4], 500 + (lane ^ 4));  // width 8
+    }
+    unsigned want = 0;
+    for (int l = 0; l < lanes; ++l)
+      if (l % 3 == 0) want |= 1u << l;
+    EXPECT_EQ(unsigned(o[5]), want);
+    EXPECT_EQ(o[6], lanes > 7 ? 1 : 0);
+    EXPECT_EQ(o[7], 1);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(BlockSizes, WarpCollectives, ::testing::Values(32, 64, 256, 100));
+
+TEST_F(Emulator, IndexBuiltinsCoverMultiDimensionalGrids) {
+  const dim3 grid(3, 2, 2), block(4, 3, 2);
+  const int blocks = 12, threads = 24;
+  std::vector<int> out(size_t(blocks * threads), -1);
+  ASSERT_EQ(emu_test::index_builtins(out.data(), grid, block), cudaSuccess);
+  for (int b = 0; b < blocks; ++b)
+    for (int t = 0; t < threads; ++t) EXPECT_EQ(out[size_t(b * threads + t)], b * 10000 + t);
+}
+
+TEST_F(Emulator, AtomicsAreAtomicAcrossHostThreads) {
+  unsigned long long counter = 0;
+  ASSERT_EQ(emu_test::atomic_count(&counter, 64, 128), cudaSuccess);
+  EXPECT_EQ(counter, 64ull * 128ull);
+  EXPECT_GE(bnormEmuHostThreads(), 1);
+}
+
+TEST_F(Emulator, CooperativeGridSyncSeesEveryBlock) {
+  const int blocks = 12;
+  std::vector<int> v(blocks, 0), sum(blocks, 0);
+  ASSERT_EQ(emu_test::grid_exchange(v.data(), sum.data(), blocks, true), cudaSuccess);
+  for (int b = 0; b < blocks; ++b) EXPECT_EQ(sum[size_t(b)], blocks * (blocks + 1) / 2);
+}
+
+TEST_F(Emulator, InvalidConfigurationIsALaunchError) {
+  EXPECT_EQ(emu_test::oversized_block(), cudaErrorInvalidConfiguration);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "cudaGetLastError resets the error";
+}
+
+TEST_F(Emulator, TooLargeCooperativeGridIsALaunchError) {
+  std::vector<int> v(1000), sum(1000);
+  EXPECT_EQ(emu_test::grid_exchange(v.data(), sum.data(), 1000, true),
+            cudaErrorCooperativeLaunchTooLarge);
+}
+
+// The bugs below hang or are undefined on a GPU; the emulator aborts and
+// says what happened.
+using EmulatorDeathTest = Emulator;
+
+TEST_F(EmulatorDeathTest, BarrierAfterAnEarlyExitAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::barrier_after_early_exit(), "have exited");
+}
+
+TEST_F(EmulatorDeathTest, DivergentBarriersAbort) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::divergent_barriers(), "divergent barrier");
+}
+
+TEST_F(EmulatorDeathTest, ShuffleMaskWithoutOwnLaneAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::shuffle_without_own_lane(), "excludes its own lane");
+}
+
+TEST_F(EmulatorDeathTest, ShuffleWithAnExitedLaneAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::shuffle_with_exited_lane(), "have exited");
+}
+
+TEST_F(EmulatorDeathTest, GridSyncOutsideACooperativeLaunchAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  std::vector<int> v(4), sum(4);
+  EXPECT_DEATH(emu_test::grid_exchange(v.data(), sum.data(), 4, false),
+               "not launched cooperatively");
+}
+
+}  // namespace

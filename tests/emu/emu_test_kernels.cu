@@ -85,6 +85,11 @@ __global__ void exited_lane_kernel(int* out) {
   out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1, 1);
 }
 
+__global__ void shared_overrun_kernel(int n) {
+  BNORM_DYNAMIC_SHARED(smem);
+  reinterpret_cast<volatile int*>(smem)[n] = 1;
+}
+
 __global__ void trivial_kernel(int* out) { out[0] = 1; }
 
 }  // namespace
@@ -143,6 +148,11 @@ cudaError_t shuffle_without_own_lane() {
 cudaError_t shuffle_with_exited_lane() {
   static int out[32];
   BNORM_LAUNCH(exited_lane_kernel, 1, 32, 0, nullptr, out);
+  return cudaGetLastError();
+}
+
+cudaError_t shared_overrun() {
+  BNORM_LAUNCH(shared_overrun_kernel, 1, 32, 16 * sizeof(int), nullptr, 16);
   return cudaGetLastError();
 }
 

@@ -39,6 +39,9 @@ cudaError_t divergent_barriers();        // even/odd threads at different lines
 cudaError_t shuffle_without_own_lane();  // mask excludes the caller
 cudaError_t shuffle_with_exited_lane();  // lane 31 exits, the rest shuffle with it
 
+// Writes one int past the end of the launch's dynamic shared memory.
+cudaError_t shared_overrun();
+
 // A launch with 2048 threads per block (invalid configuration).
 cudaError_t oversized_block();
 

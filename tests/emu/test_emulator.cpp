@@ -158,4 +158,13 @@ TEST_F(EmulatorDeathTest, GridSyncOutsideACooperativeLaunchAborts) {
                "not launched cooperatively");
 }
 
+#if defined(__SANITIZE_ADDRESS__)
+// Emulated shared memory is an exact-size allocation: AddressSanitizer sees
+// a kernel write past its end.
+TEST_F(EmulatorDeathTest, AddressSanitizerSeesSharedMemoryOverruns) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::shared_overrun(), "heap-buffer-overflow");
+}
+#endif
+
 }  // namespace

@@ -47,15 +47,16 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
   check.aligned(r.x, elem, "x").aligned(r.dy, elem, "dy").aligned(r.dx, elem, "dx")
       .aligned(r.gamma, 4, "gamma").aligned(r.mean, 4, mean_name).aligned(r.stat, 4, stat_name)
       .aligned(r.dgamma, 4, "dgamma").aligned(r.dbeta, 4, "dbeta");
-  check.disjoint(r.dx, bytes, "dx", r.dy, bytes, "dy", true)
-      .disjoint(r.dx, bytes, "dx", r.x, bytes, "x", true)
-      .disjoint(r.dgamma, cb, "dgamma", r.dbeta, cb, "dbeta", false);
-  const void* inputs[] = {r.gamma, r.mean, r.stat};
-  const char* names[] = {"gamma", mean_name, stat_name};
-  for (int i = 0; i < 3; ++i) {
-    check.disjoint(r.dgamma, cb, "dgamma", inputs[i], cb, names[i], false)
-        .disjoint(r.dbeta, cb, "dbeta", inputs[i], cb, names[i], false);
-  }
+  check.no_overlap({{r.x, bytes, "x", false},
+                    {r.dy, bytes, "dy", false},
+                    {r.dx, bytes, "dx", true},
+                    {r.gamma, cb, "gamma", false},
+                    {r.mean, cb, mean_name, false},
+                    {r.stat, cb, stat_name, false},
+                    {r.dgamma, cb, "dgamma", true},
+                    {r.dbeta, cb, "dbeta", true},
+                    {r.workspace, r.workspace_bytes, "workspace", true}},
+                   {{"dx", "dy"}, {"dx", "x"}});
   if (!check.ok()) return check.status();
 
   const int64_t m = desc->n * desc->spatial;

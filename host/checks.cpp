@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 
 namespace bnorm {
 namespace host {
@@ -34,17 +35,16 @@ Checker& Checker::handle(bnormHandle_t h) {
 Checker& Checker::desc(const bnormTensorDesc_t* d, size_t* elem_bytes) {
   if (!ok()) return *this;
   if (!d) return fail(BNORM_STATUS_NULL_POINTER, "argument 'desc' is NULL");
-  switch (d->dtype) {
+  const int dtype = enum_value(d->dtype), layout = enum_value(d->layout);
+  switch (dtype) {
     case BNORM_DATA_FLOAT: *elem_bytes = 4; break;
     case BNORM_DATA_HALF:
     case BNORM_DATA_BFLOAT16: *elem_bytes = 2; break;
     default:
-      return fail(BNORM_STATUS_INVALID_VALUE, "desc->dtype (%d) is not a bnormDataType_t",
-                  int(d->dtype));
+      return fail(BNORM_STATUS_INVALID_VALUE, "desc->dtype (%d) is not a bnormDataType_t", dtype);
   }
-  if (d->layout != BNORM_LAYOUT_NCHW && d->layout != BNORM_LAYOUT_NHWC)
-    return fail(BNORM_STATUS_INVALID_VALUE, "desc->layout (%d) is not a bnormLayout_t",
-                int(d->layout));
+  if (layout != BNORM_LAYOUT_NCHW && layout != BNORM_LAYOUT_NHWC)
+    return fail(BNORM_STATUS_INVALID_VALUE, "desc->layout (%d) is not a bnormLayout_t", layout);
   if (d->n < 0)
     return fail(BNORM_STATUS_BAD_SHAPE, "desc->n (%lld) is negative", (long long)d->n);
   if (d->c < 1)
@@ -89,9 +89,10 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
                 c->magic);
   if (!(c->eps >= 0.0) || !std::isfinite(c->eps))
     return fail(BNORM_STATUS_INVALID_VALUE, "config->eps (%g) must be finite and >= 0", c->eps);
-  if (c->average != BNORM_AVERAGE_EXPONENTIAL && c->average != BNORM_AVERAGE_CUMULATIVE)
+  const int average = enum_value(c->average);
+  if (average != BNORM_AVERAGE_EXPONENTIAL && average != BNORM_AVERAGE_CUMULATIVE)
     return fail(BNORM_STATUS_INVALID_VALUE, "config->average (%d) is not a bnormAverage_t",
-                int(c->average));
+                average);
   if (check_factor && c->average == BNORM_AVERAGE_EXPONENTIAL &&
       !(c->exponential_average_factor >= 0.0 && c->exponential_average_factor <= 1.0))
     return fail(BNORM_STATUS_INVALID_VALUE,
@@ -120,14 +121,33 @@ Checker& Checker::aligned(const void* p, size_t alignment, const char* name) {
               alignment);
 }
 
-Checker& Checker::disjoint(const void* a, size_t a_bytes, const char* a_name, const void* b,
-                           size_t b_bytes, const char* b_name, bool allow_same) {
-  if (!ok() || !a || !b || a_bytes == 0 || b_bytes == 0) return *this;
-  const uintptr_t a0 = reinterpret_cast<uintptr_t>(a), b0 = reinterpret_cast<uintptr_t>(b);
-  if (allow_same && a0 == b0 && a_bytes == b_bytes) return *this;
-  if (a0 < b0 + b_bytes && b0 < a0 + a_bytes)
-    return fail(BNORM_STATUS_BAD_ALIASING, "arguments '%s' and '%s' overlap%s", a_name, b_name,
-                allow_same ? " (only exact in-place aliasing is allowed)" : "");
+Checker& Checker::no_overlap(std::initializer_list<Region> regions,
+                             std::initializer_list<std::pair<const char*, const char*>> in_place) {
+  if (!ok()) return *this;
+  const Region* r = regions.begin();
+  const size_t n = regions.size();
+  for (size_t i = 0; i < n; ++i) {
+    if (!r[i].output || !r[i].p || r[i].bytes == 0) continue;
+    const uintptr_t a0 = reinterpret_cast<uintptr_t>(r[i].p);
+    for (size_t j = 0; j < n; ++j) {
+      if (j == i || !r[j].p || r[j].bytes == 0) continue;
+      if (r[j].output && j < i) continue;  // each pair of outputs once
+      const uintptr_t b0 = reinterpret_cast<uintptr_t>(r[j].p);
+      if (!(a0 < b0 + r[j].bytes && b0 < a0 + r[i].bytes)) continue;
+      bool allowed = false;
+      for (const auto& pair : in_place) {
+        const bool names_match =
+            (std::strcmp(pair.first, r[i].name) == 0 && std::strcmp(pair.second, r[j].name) == 0) ||
+            (std::strcmp(pair.first, r[j].name) == 0 && std::strcmp(pair.second, r[i].name) == 0);
+        allowed |= names_match && a0 == b0 && r[i].bytes == r[j].bytes;
+      }
+      if (!allowed)
+        return fail(BNORM_STATUS_BAD_ALIASING, "arguments '%s' and '%s' overlap%s", r[i].name,
+                    r[j].name,
+                    in_place.size() ? " (only the documented exact in-place aliasing is allowed)"
+                                    : "");
+    }
+  }
   return *this;
 }
 

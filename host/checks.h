@@ -6,6 +6,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <initializer_list>
+#include <utility>
 
 #include "bnorm.h"
 #include "context.h"
@@ -15,6 +18,14 @@ namespace host {
 
 // The configuration a call runs with: the caller's fields where `size`
 // covers them, defaults elsewhere.
+// A memory range an argument covers. Outputs are written by the call.
+struct Region {
+  const void* p;
+  size_t bytes;
+  const char* name;
+  bool output;
+};
+
 struct Config {
   double eps;
   double factor;
@@ -39,10 +50,11 @@ class Checker {
   // Both NULL or both set.
   Checker& pair(const void* a, const char* a_name, const void* b, const char* b_name);
   Checker& aligned(const void* p, size_t alignment, const char* name);
-  // [a, a + a_bytes) and [b, b + b_bytes) must not overlap, except that
-  // a == b is allowed when allow_same is set (in-place).
-  Checker& disjoint(const void* a, size_t a_bytes, const char* a_name, const void* b,
-                    size_t b_bytes, const char* b_name, bool allow_same);
+  // No output may overlap any other region (input or output), except the
+  // exact in-place pairs named in `in_place` (same pointer, same size).
+  // Inputs may overlap each other. NULL and empty regions are skipped.
+  Checker& no_overlap(std::initializer_list<Region> regions,
+                      std::initializer_list<std::pair<const char*, const char*>> in_place = {});
   Checker& workspace(const void* p, size_t have, size_t need);
   Checker& fail(bnormStatus_t s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 
@@ -50,6 +62,17 @@ class Checker {
   const char* call_;
   bnormStatus_t status_ = BNORM_STATUS_SUCCESS;
 };
+
+// The value of an enum field as the caller stored it. A C caller may store
+// any int there; in C++ reading an out-of-range value through the enum type
+// is undefined (and UBSan says so), so read the bytes.
+template <class E>
+inline int enum_value(const E& e) {
+  static_assert(sizeof(E) == sizeof(int), "bnorm enums are int-sized");
+  int v;
+  std::memcpy(&v, &e, sizeof v);
+  return v;
+}
 
 // Bytes of a tensor that passed Checker::desc.
 inline size_t tensor_bytes(const bnormTensorDesc_t* d, size_t elem_bytes) {

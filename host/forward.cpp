@@ -51,14 +51,19 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
       .aligned(running_var, 4, "running_var").aligned(saved_mean, 4, "saved_mean")
       .aligned(saved_rstd, 4, "saved_rstd");
   if (tracking && cumulative) check.aligned(step_count, 8, "step_count");
-  // Outputs may not overlap each other or the inputs (y == x excepted).
-  check.disjoint(y, bytes, "y", x, bytes, "x", true)
-      .disjoint(running_mean, cbytes, "running_mean", running_var, cbytes, "running_var", false)
-      .disjoint(saved_mean, cbytes, "saved_mean", saved_rstd, cbytes, "saved_rstd", false)
-      .disjoint(saved_mean, cbytes, "saved_mean", running_mean, cbytes, "running_mean", false)
-      .disjoint(saved_mean, cbytes, "saved_mean", running_var, cbytes, "running_var", false)
-      .disjoint(saved_rstd, cbytes, "saved_rstd", running_mean, cbytes, "running_mean", false)
-      .disjoint(saved_rstd, cbytes, "saved_rstd", running_var, cbytes, "running_var", false);
+  // No output may overlap anything else (y == x excepted); the workspace is
+  // written too.
+  check.no_overlap({{x, bytes, "x", false},
+                    {y, bytes, "y", true},
+                    {gamma, cbytes, "gamma", false},
+                    {beta, cbytes, "beta", false},
+                    {running_mean, cbytes, "running_mean", true},
+                    {running_var, cbytes, "running_var", true},
+                    {tracking && cumulative ? step_count : nullptr, sizeof(int64_t), "step_count", true},
+                    {saved_mean, cbytes, "saved_mean", true},
+                    {saved_rstd, cbytes, "saved_rstd", true},
+                    {workspace, workspace_bytes, "workspace", true}},
+                   {{"y", "x"}});
   if (!check.ok()) return check.status();
 
   const int64_t m = desc->n * desc->spatial;

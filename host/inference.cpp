@@ -26,7 +26,14 @@ bnormStatus_t bnormForwardInference(bnormHandle_t handle, cudaStream_t stream,
   check.aligned(x, elem, "x").aligned(y, elem, "y").aligned(gamma, 4, "gamma")
       .aligned(beta, 4, "beta").aligned(running_mean, 4, "running_mean")
       .aligned(running_var, 4, "running_var");
-  check.disjoint(y, bytes, "y", x, bytes, "x", true);
+  const size_t cb = size_t(desc->c) * sizeof(float);
+  check.no_overlap({{x, bytes, "x", false},
+                    {y, bytes, "y", true},
+                    {gamma, cb, "gamma", false},
+                    {beta, cb, "beta", false},
+                    {running_mean, cb, "running_mean", false},
+                    {running_var, cb, "running_var", false}},
+                   {{"y", "x"}});
   if (!check.ok()) return check.status();
   if (bytes == 0) return BNORM_STATUS_SUCCESS;
 
@@ -62,13 +69,12 @@ bnormStatus_t bnormGetInferenceScaleShift(bnormHandle_t handle, cudaStream_t str
   check.aligned(gamma, 4, "gamma").aligned(beta, 4, "beta")
       .aligned(running_mean, 4, "running_mean").aligned(running_var, 4, "running_var")
       .aligned(scale, 4, "scale").aligned(shift, 4, "shift");
-  check.disjoint(scale, cb, "scale", shift, cb, "shift", false);
-  const void* inputs[] = {gamma, beta, running_mean, running_var};
-  const char* names[] = {"gamma", "beta", "running_mean", "running_var"};
-  for (int i = 0; i < 4; ++i) {
-    check.disjoint(scale, cb, "scale", inputs[i], cb, names[i], false)
-        .disjoint(shift, cb, "shift", inputs[i], cb, names[i], false);
-  }
+  check.no_overlap({{gamma, cb, "gamma", false},
+                    {beta, cb, "beta", false},
+                    {running_mean, cb, "running_mean", false},
+                    {running_var, cb, "running_var", false},
+                    {scale, cb, "scale", true},
+                    {shift, cb, "shift", true}});
   if (!check.ok()) return check.status();
 
   k::ScaleShiftArgs a{};

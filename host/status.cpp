@@ -1,6 +1,7 @@
 // Status strings and the per-thread message of the last call.
 #include <cstdio>
 
+#include "checks.h"
 #include "context.h"
 
 namespace {
@@ -28,7 +29,7 @@ void clear_error() { t_message[0] = '\0'; }
 extern "C" {
 
 const char* bnormGetStatusString(bnormStatus_t s) {
-  switch (s) {
+  switch (bnorm::host::enum_value(s)) {
     case BNORM_STATUS_SUCCESS: return "BNORM_STATUS_SUCCESS: the call succeeded";
     case BNORM_STATUS_NULL_POINTER: return "BNORM_STATUS_NULL_POINTER: a required pointer is NULL";
     case BNORM_STATUS_INVALID_VALUE:

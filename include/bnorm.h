@@ -89,7 +89,7 @@ typedef enum {
   BNORM_STATUS_WORKSPACE_TOO_SMALL = 104, /* workspace_bytes < the size query's answer */
   BNORM_STATUS_BATCH_TOO_SMALL = 105,     /* m == 1 in training: variance undefined */
   BNORM_STATUS_BAD_ALIASING = 106,        /* tensors overlap in a way the call forbids */
-  BNORM_STATUS_BAD_HANDLE = 107,          /* NULL or destroyed handle */
+  BNORM_STATUS_BAD_HANDLE = 107,          /* NULL, or not made by bnormCreate */
 
   /* 2xx: a valid request this build or device cannot carry out. */
   BNORM_STATUS_NOT_SUPPORTED = 200,

@@ -39,8 +39,9 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d) {
     channel_blocks = d.c;
     useful = ceil_div(m, int64_t(kernels::kReduceThreads) * kernels::kTile);
   } else {
-    channel_blocks = ceil_div(d.c, kernels::kMinorCols);
-    useful = ceil_div(m, int64_t(kernels::kMinorRows) * kernels::kTile);
+    const kernels::MinorShape sh = kernels::minor_shape(d.c, kernels::natural_width(p.t.dtype, d.c));
+    channel_blocks = sh.col_blocks;
+    useful = ceil_div(m, int64_t(sh.ty) * kernels::kTile);
   }
   const int64_t wanted = ceil_div(target_blocks, channel_blocks);
   p.reduce.splits = std::max<int64_t>(1, std::min({wanted, useful, int64_t(ctx.max_grid_y)}));

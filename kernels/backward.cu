@@ -25,6 +25,7 @@
 #include "dtype.cuh"
 #include "frozen.cuh"
 #include "launch.h"
+#include "geometry.cuh"
 #include "layout.cuh"
 #include "reduce.cuh"
 
@@ -39,84 +40,106 @@ struct Coeffs {
   float a, mdy, k, mean;
 };
 
-template <int K>
-__device__ __forceinline__ void add_tile(Sum2& s, const float (&g)[K], const float (&d)[K],
-                                         int count) {
-  float sg = 0.0f, sgd = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (k < count) {
-      sg += g[k];
-      sgd = fmaf(g[k], d[k], sgd);
-    }
-  }
-  s.a += sg;
-  s.b += sgd;
-}
+// Sums of g and g * (x - mean), over register tiles.
+template <class T, int N>
+struct GradAcc {
+  using State = Sum2;
+  struct Const {
+    float mean;
+  };
+  struct In {
+    float x[N], g[N];
+  };
+  const T* x;
+  const T* dy;
+  const float* __restrict__ mean;
 
-template <class T>
-__global__ void __launch_bounds__(kReduceThreads)
-    grad_sums_channel_major(const T* __restrict__ x, const T* __restrict__ dy, int64_t c,
-                            int64_t spatial, int64_t m, const float* __restrict__ mean,
-                            Sum2* __restrict__ partials) {
-  BNORM_DYNAMIC_SHARED(smem);
-  const int64_t ch = blockIdx.x;
-  const float mu = mean[ch];
-  const int64_t stride = int64_t(blockDim.x) * gridDim.y;
-  int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  ChannelRunCursor cur(j, stride, spatial, c, ch);
-  Sum2 s{};
-  while (j < m) {
-    float g[kTile] = {}, d[kTile] = {};
-    int count = 0;
+  __device__ Const channel(int64_t ch) const { return {mean[ch]}; }
+  __device__ void load(int64_t offset, In& in) const {
+    load_vec<T, N>(dy + offset, in.g);
+    load_vec<T, N>(x + offset, in.x);
+  }
+  template <int K>
+  __device__ void add_column(Sum2& s, const Const& k, const In (&in)[K], int lane,
+                             int count) const {
+    float sg = 0.0f, sgd = 0.0f;
 #pragma unroll
-    for (int k = 0; k < kTile; ++k) {
-      if (j < m) {
-        const int64_t o = cur.offset();
-        g[k] = to_float(dy[o]);
-        d[k] = to_float(x[o]) - mu;
-        ++count;
-        j += stride;
-        cur.advance();
+    for (int j = 0; j < K; ++j) {
+      if (j < count) {
+        sg += in[j].g[lane];
+        sgd = fmaf(in[j].g[lane], in[j].x[lane] - k.mean, sgd);
       }
     }
-    add_tile(s, g, d, count);
+    s.a += sg;
+    s.b += sgd;
   }
-  s = block_merge(s, reinterpret_cast<Sum2*>(smem));
-  if (threadIdx.x == 0) partials[int64_t(blockIdx.y) * c + ch] = s;
-}
-
-template <class T>
-__global__ void __launch_bounds__(kReduceThreads)
-    grad_sums_channel_minor(const T* __restrict__ x, const T* __restrict__ dy, int64_t c,
-                            int64_t rows, const float* __restrict__ mean,
-                            Sum2* __restrict__ partials) {
-  BNORM_DYNAMIC_SHARED(smem);
-  const int64_t ch = int64_t(blockIdx.x) * kMinorCols + threadIdx.x;
-  const bool active = ch < c;
-  Sum2 s{};
-  if (active) {
-    const float mu = mean[ch];
-    const int64_t stride = int64_t(blockDim.y) * gridDim.y;
-    int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
-    while (r < rows) {
-      float g[kTile] = {}, d[kTile] = {};
-      int count = 0;
+  template <int K>
+  __device__ void add_all(Sum2& s, const Const& k, const In (&in)[K], int count) const {
+    float sg = 0.0f, sgd = 0.0f;
 #pragma unroll
-      for (int k = 0; k < kTile; ++k) {
-        if (r < rows) {
-          g[k] = to_float(dy[r * c + ch]);
-          d[k] = to_float(x[r * c + ch]) - mu;
-          ++count;
-          r += stride;
+    for (int j = 0; j < K; ++j) {
+      if (j < count) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          sg += in[j].g[i];
+          sgd = fmaf(in[j].g[i], in[j].x[i] - k.mean, sgd);
         }
       }
-      add_tile(s, g, d, count);
     }
+    s.a += sg;
+    s.b += sgd;
   }
-  s = column_merge(s, reinterpret_cast<Sum2*>(smem));
-  if (threadIdx.y == 0 && active) partials[int64_t(blockIdx.y) * c + ch] = s;
-}
+};
+
+// dx = a * ((g - mdy) - (x - mean) * k), coefficients from the finalize.
+template <class T, int N>
+struct DxFullOp {
+  using Coef = Coeffs;
+  struct In {
+    float x[N], g[N];
+  };
+  const T* x;
+  const T* dy;
+  T* dx;
+  const Coeffs* __restrict__ coeffs;
+
+  __device__ Coef coef(int64_t ch) const { return coeffs[ch]; }
+  __device__ void load(int64_t offset, In& in) const {
+    load_vec<T, N>(dy + offset, in.g);
+    load_vec<T, N>(x + offset, in.x);
+  }
+  __device__ float compute(const Coef& c, const In& in, int i) const {
+    return c.a * ((in.g[i] - c.mdy) - (in.x[i] - c.mean) * c.k);
+  }
+  __device__ void store(int64_t offset, const float (&out)[N]) const {
+    store_vec<T, N>(dx + offset, out);
+  }
+};
+
+// dx = gamma * rstd * g with frozen statistics: no x, no reduction.
+template <class T, int N>
+struct DxFrozenOp {
+  struct Coef {
+    float a;
+  };
+  struct In {
+    float g[N];
+  };
+  const T* dy;
+  T* dx;
+  const float* __restrict__ gamma;
+  const float* __restrict__ running_var;
+  double eps;
+
+  __device__ Coef coef(int64_t ch) const {
+    return {float(frozen_scale(gamma, running_var, ch, eps))};
+  }
+  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(dy + offset, in.g); }
+  __device__ float compute(const Coef& c, const In& in, int i) const { return c.a * in.g[i]; }
+  __device__ void store(int64_t offset, const float (&out)[N]) const {
+    store_vec<T, N>(dx + offset, out);
+  }
+};
 
 struct FinalizeParams {
   int64_t c, m, splits;
@@ -155,43 +178,6 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_grads(FinalizeParam
   }
 }
 
-template <class T>
-__global__ void __launch_bounds__(kApplyThreads)
-    dx_full(const T* x, const T* dy, T* dx, int64_t numel, int64_t inner, int64_t c,
-            const Coeffs* __restrict__ coeffs) {
-  FlatCursor cur(int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
-                 int64_t(blockDim.x) * gridDim.x, inner, c);
-  int64_t cached = -1;
-  Coeffs k{};
-  for (; cur.i < numel; cur.advance()) {
-    if (cur.ch != cached) {
-      cached = cur.ch;
-      k = coeffs[cached];
-    }
-    const float g = to_float(dy[cur.i]);
-    const float d = to_float(x[cur.i]) - k.mean;
-    dx[cur.i] = from_float<T>(k.a * ((g - k.mdy) - d * k.k));
-  }
-}
-
-template <class T>
-__global__ void __launch_bounds__(kApplyThreads)
-    dx_frozen(const T* dy, T* dx, int64_t numel, int64_t inner, int64_t c,
-              const float* __restrict__ gamma, const float* __restrict__ running_var,
-              double eps) {
-  FlatCursor cur(int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
-                 int64_t(blockDim.x) * gridDim.x, inner, c);
-  int64_t cached = -1;
-  float a = 0.0f;
-  for (; cur.i < numel; cur.advance()) {
-    if (cur.ch != cached) {
-      cached = cur.ch;
-      a = float(frozen_scale(gamma, running_var, cached, eps));
-    }
-    dx[cur.i] = from_float<T>(a * to_float(dy[cur.i]));
-  }
-}
-
 }  // namespace
 
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
@@ -205,9 +191,7 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     const T* dy = static_cast<const T*>(a.dy);
     T* dx = static_cast<T*>(a.dx);
     const bool major = t.order == Order::ChannelMajor;
-    const int64_t inner = major ? t.spatial : 1;
-    const unsigned splits = static_cast<unsigned>(a.plan.splits);
-    const unsigned apply_blocks = static_cast<unsigned>(a.plan.apply_blocks);
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.dy, a.dx});
     cudaError_t e;
 
     const float* mean = a.mean;
@@ -226,19 +210,15 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
       stat = reinterpret_cast<const float*>(w + ws.forward + fws.rstd);
     }
 
+    Coeffs* coeffs = reinterpret_cast<Coeffs*>(w + ws.coeffs);
     if (!a.frozen || a.dgamma) {
       Sum2* partials = reinterpret_cast<Sum2*>(w + ws.partials);
-      if (major) {
-        BNORM_LAUNCH((grad_sums_channel_major<T>), dim3(unsigned(t.c), splits), kReduceThreads,
-                     (kReduceThreads / 32) * sizeof(Sum2), stream, x, dy, t.c, t.spatial, t.m(),
-                     mean, partials);
-      } else {
-        BNORM_LAUNCH((grad_sums_channel_minor<T>),
-                     dim3(unsigned((t.c + kMinorCols - 1) / kMinorCols), splits),
-                     dim3(kMinorCols, kMinorRows), kReduceThreads * sizeof(Sum2), stream, x, dy,
-                     t.c, t.m(), mean, partials);
-      }
-      if ((e = cudaGetLastError()) != cudaSuccess) return e;
+      e = dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+        constexpr int N = decltype(n)::value;
+        launch_reduce<N>(GradAcc<T, N>{x, dy, mean}, t, a.plan, partials, stream);
+        return cudaGetLastError();
+      });
+      if (e != cudaSuccess) return e;
 
       FinalizeParams p;
       p.c = t.c;
@@ -252,20 +232,21 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
       p.frozen = a.frozen;
       p.dgamma = a.dgamma;
       p.dbeta = a.dbeta;
-      p.coeffs = reinterpret_cast<Coeffs*>(w + ws.coeffs);
+      p.coeffs = coeffs;
       const int64_t fblocks = (t.c + kFinalizeThreads - 1) / kFinalizeThreads;
       BNORM_LAUNCH(finalize_grads, unsigned(fblocks < 1024 ? fblocks : 1024), kFinalizeThreads,
                    0, stream, p);
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
-      if (!a.frozen) {
-        BNORM_LAUNCH((dx_full<T>), apply_blocks, kApplyThreads, 0, stream, x, dy, dx, t.numel(),
-                     inner, t.c, p.coeffs);
-        return cudaGetLastError();
-      }
     }
-    BNORM_LAUNCH((dx_frozen<T>), apply_blocks, kApplyThreads, 0, stream, dy, dx, t.numel(), inner,
-                 t.c, a.gamma, a.stat, a.eps);
-    return cudaGetLastError();
+    return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      if (a.frozen) {
+        launch_apply<N>(DxFrozenOp<T, N>{dy, dx, a.gamma, a.stat, a.eps}, t, a.plan, stream);
+      } else {
+        launch_apply<N>(DxFullOp<T, N>{x, dy, dx, coeffs}, t, a.plan, stream);
+      }
+      return cudaGetLastError();
+    });
   });
 }
 

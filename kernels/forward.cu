@@ -31,6 +31,9 @@
 #include "launch.h"
 #include "layout.cuh"
 #include "reduce.cuh"
+#include "apply.cuh"
+#include "channel_reduce.cuh"
+#include "geometry.cuh"
 
 namespace bnorm {
 namespace kernels {
@@ -39,64 +42,64 @@ namespace {
 
 constexpr int kFinalizeThreads = 256;
 
-template <class T>
-__global__ void __launch_bounds__(kReduceThreads)
-    stats_channel_major(const T* __restrict__ x, int64_t c, int64_t spatial, int64_t m,
-                        Welford* __restrict__ partials) {
-  BNORM_DYNAMIC_SHARED(smem);
-  const int64_t ch = blockIdx.x;
-  const float pivot = to_float(x[ch * spatial]);
-  const int64_t stride = int64_t(blockDim.x) * gridDim.y;
-  int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  ChannelRunCursor cur(j, stride, spatial, c, ch);
-  Welford s{};
-  while (j < m) {
-    float v[kTile] = {};
-    int count = 0;
+// Statistics of x - pivot (see the top of this file).
+template <class T, int N>
+struct WelfordAcc {
+  using State = Welford;
+  struct Const {
+    float pivot;
+  };
+  struct In {
+    float x[N];
+  };
+  const T* x;
+  int64_t pivot_stride;  // the pivot of channel ch is x[ch * pivot_stride]
+
+  __device__ Const channel(int64_t ch) const { return {to_float(x[ch * pivot_stride])}; }
+  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
+  template <int K>
+  __device__ void add_column(Welford& s, const Const& k, const In (&in)[K], int lane,
+                             int count) const {
+    float v[K];
 #pragma unroll
-    for (int k = 0; k < kTile; ++k) {
-      if (j < m) {
-        v[k] = to_float(x[cur.offset()]) - pivot;
-        ++count;
-        j += stride;
-        cur.advance();
-      }
-    }
+    for (int j = 0; j < K; ++j) v[j] = in[j].x[lane] - k.pivot;
     add_tile(s, v, count);
   }
-  s = block_merge(s, reinterpret_cast<Welford*>(smem));
-  if (threadIdx.x == 0) partials[int64_t(blockIdx.y) * c + ch] = s;
-}
-
-template <class T>
-__global__ void __launch_bounds__(kReduceThreads)
-    stats_channel_minor(const T* __restrict__ x, int64_t c, int64_t rows,
-                        Welford* __restrict__ partials) {
-  BNORM_DYNAMIC_SHARED(smem);
-  const int64_t ch = int64_t(blockIdx.x) * kMinorCols + threadIdx.x;
-  const bool active = ch < c;
-  Welford s{};
-  if (active) {
-    const float pivot = to_float(x[ch]);
-    const int64_t stride = int64_t(blockDim.y) * gridDim.y;
-    int64_t r = int64_t(blockIdx.y) * blockDim.y + threadIdx.y;
-    while (r < rows) {
-      float v[kTile] = {};
-      int count = 0;
+  template <int K>
+  __device__ void add_all(Welford& s, const Const& k, const In (&in)[K], int count) const {
+    float v[K * N];
 #pragma unroll
-      for (int k = 0; k < kTile; ++k) {
-        if (r < rows) {
-          v[k] = to_float(x[r * c + ch]) - pivot;
-          ++count;
-          r += stride;
-        }
-      }
-      add_tile(s, v, count);
-    }
+    for (int j = 0; j < K; ++j)
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[j * N + i] = in[j].x[i] - k.pivot;
+    add_tile(s, v, count * N);
   }
-  s = column_merge(s, reinterpret_cast<Welford*>(smem));
-  if (threadIdx.y == 0 && active) partials[int64_t(blockIdx.y) * c + ch] = s;
-}
+};
+
+// y = scale * (x - pivot) + shift.
+template <class T, int N>
+struct NormalizeOp {
+  struct Coef {
+    float pivot, scale, shift;
+  };
+  struct In {
+    float x[N];
+  };
+  const T* x;
+  T* y;
+  const float* __restrict__ pivot;
+  const float* __restrict__ scale;
+  const float* __restrict__ shift;
+
+  __device__ Coef coef(int64_t ch) const { return {pivot[ch], scale[ch], shift[ch]}; }
+  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
+  __device__ float compute(const Coef& k, const In& in, int i) const {
+    return fmaf(k.scale, in.x[i] - k.pivot, k.shift);
+  }
+  __device__ void store(int64_t offset, const float (&out)[N]) const {
+    store_vec<T, N>(y + offset, out);
+  }
+};
 
 struct FinalizeParams {
   int64_t c, m, splits, pivot_stride;
@@ -151,50 +154,25 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   if (threadIdx.x == 0 && p.step_count && p.running_mean) *p.step_count += 1;
 }
 
-template <class T>
-__global__ void __launch_bounds__(kApplyThreads)
-    normalize(const T* x, T* y, int64_t numel, int64_t inner,
-              int64_t c, const float* __restrict__ pivot, const float* __restrict__ scale,
-              const float* __restrict__ shift) {
-  FlatCursor cur(int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
-                 int64_t(blockDim.x) * gridDim.x, inner, c);
-  int64_t cached = -1;
-  float p = 0.0f, sc = 0.0f, sh = 0.0f;
-  for (; cur.i < numel; cur.advance()) {
-    if (cur.ch != cached) {
-      cached = cur.ch;
-      p = pivot[cached];
-      sc = scale[cached];
-      sh = shift[cached];
-    }
-    y[cur.i] = from_float<T>(fmaf(sc, to_float(x[cur.i]) - p, sh));
-  }
-}
-
 }  // namespace
 
 cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) {
   return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     const Tensor& t = a.t;
+    const bool major = t.order == Order::ChannelMajor;
     const ForwardWorkspace ws(t.c, a.plan.splits);
     char* w = static_cast<char*>(a.workspace);
     Welford* partials = reinterpret_cast<Welford*>(w + ws.partials);
     const T* x = static_cast<const T*>(a.x);
-    const bool major = t.order == Order::ChannelMajor;
-    const unsigned splits = static_cast<unsigned>(a.plan.splits);
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y});
 
-    if (major) {
-      BNORM_LAUNCH((stats_channel_major<T>), dim3(unsigned(t.c), splits), kReduceThreads,
-                   (kReduceThreads / 32) * sizeof(Welford), stream, x, t.c, t.spatial, t.m(),
-                   partials);
-    } else {
-      BNORM_LAUNCH((stats_channel_minor<T>),
-                   dim3(unsigned((t.c + kMinorCols - 1) / kMinorCols), splits),
-                   dim3(kMinorCols, kMinorRows), kReduceThreads * sizeof(Welford), stream, x,
-                   t.c, t.m(), partials);
-    }
-    cudaError_t e = cudaGetLastError();
+    cudaError_t e = dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      const WelfordAcc<T, N> acc{x, major ? t.spatial : 1};
+      launch_reduce<N>(acc, t, a.plan, partials, stream);
+      return cudaGetLastError();
+    });
     if (e != cudaSuccess) return e;
 
     FinalizeParams p;
@@ -221,10 +199,12 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
     e = cudaGetLastError();
     if (e != cudaSuccess || !a.y) return e;
 
-    BNORM_LAUNCH((normalize<T>), unsigned(a.plan.apply_blocks), kApplyThreads, 0, stream, x,
-                 static_cast<T*>(a.y), t.numel(), major ? t.spatial : 1, t.c, p.ws_pivot,
-                 p.ws_scale, p.ws_shift);
-    return cudaGetLastError();
+    return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      const NormalizeOp<T, N> op{x, static_cast<T*>(a.y), p.ws_pivot, p.ws_scale, p.ws_shift};
+      launch_apply<N>(op, t, a.plan, stream);
+      return cudaGetLastError();
+    });
   });
 }
 

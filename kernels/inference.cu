@@ -5,8 +5,8 @@
 //   y     = (x - running_mean) * (gamma * rstd) + beta
 // one subtract and one fma per value. The per-channel factors are computed
 // in double (correctly rounded on both the GPU and the emulator, so both
-// agree bitwise) whenever a thread's channel changes, which in a grid-stride
-// walk is rare for ChannelMajor tensors with large spatial extents.
+// agree bitwise) once per thread for ChannelMinor tensors, and whenever a
+// thread's channel changes for ChannelMajor ones. One launch, no workspace.
 //
 // The factor is frozen_scale() (frozen.cuh), shared with the frozen backward.
 // For folding BN into the preceding layer the same transform is exported as
@@ -15,6 +15,7 @@
 #include "dtype.cuh"
 #include "frozen.cuh"
 #include "launch.h"
+#include "geometry.cuh"
 #include "layout.cuh"
 
 namespace bnorm {
@@ -22,26 +23,35 @@ namespace kernels {
 
 namespace {
 
-template <class T>
-__global__ void __launch_bounds__(kApplyThreads)
-    normalize_inference(const T* x, T* y, int64_t numel, int64_t inner, int64_t c,
-                        const float* __restrict__ gamma, const float* __restrict__ beta,
-                        const float* __restrict__ running_mean,
-                        const float* __restrict__ running_var, double eps) {
-  FlatCursor cur(int64_t(blockIdx.x) * blockDim.x + threadIdx.x,
-                 int64_t(blockDim.x) * gridDim.x, inner, c);
-  int64_t cached = -1;
-  float mean = 0.0f, scale = 0.0f, b = 0.0f;
-  for (; cur.i < numel; cur.advance()) {
-    if (cur.ch != cached) {
-      cached = cur.ch;
-      mean = running_mean[cached];
-      scale = float(frozen_scale(gamma, running_var, cached, eps));
-      b = beta ? beta[cached] : 0.0f;
-    }
-    y[cur.i] = from_float<T>(fmaf(to_float(x[cur.i]) - mean, scale, b));
+// y = (x - running_mean) * scale + beta.
+template <class T, int N>
+struct InferenceOp {
+  struct Coef {
+    float mean, scale, beta;
+  };
+  struct In {
+    float x[N];
+  };
+  const T* x;
+  T* y;
+  const float* __restrict__ gamma;
+  const float* __restrict__ beta;
+  const float* __restrict__ running_mean;
+  const float* __restrict__ running_var;
+  double eps;
+
+  __device__ Coef coef(int64_t ch) const {
+    return {running_mean[ch], float(frozen_scale(gamma, running_var, ch, eps)),
+            beta ? beta[ch] : 0.0f};
   }
-}
+  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
+  __device__ float compute(const Coef& k, const In& in, int i) const {
+    return fmaf(in.x[i] - k.mean, k.scale, k.beta);
+  }
+  __device__ void store(int64_t offset, const float (&out)[N]) const {
+    store_vec<T, N>(y + offset, out);
+  }
+};
 
 __global__ void __launch_bounds__(kApplyThreads)
     scale_shift(ScaleShiftArgs a) {
@@ -60,11 +70,15 @@ cudaError_t forward_inference(const InferenceArgs& a, cudaStream_t stream) {
   return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     const Tensor& t = a.t;
-    const int64_t inner = t.order == Order::ChannelMajor ? t.spatial : 1;
-    BNORM_LAUNCH((normalize_inference<T>), unsigned(a.plan.apply_blocks), kApplyThreads, 0,
-                 stream, static_cast<const T*>(a.x), static_cast<T*>(a.y), t.numel(), inner,
-                 t.c, a.gamma, a.beta, a.running_mean, a.running_var, a.eps);
-    return cudaGetLastError();
+    const bool major = t.order == Order::ChannelMajor;
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y});
+    return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      const InferenceOp<T, N> op{static_cast<const T*>(a.x), static_cast<T*>(a.y), a.gamma,
+                                 a.beta, a.running_mean, a.running_var, a.eps};
+      launch_apply<N>(op, t, a.plan, stream);
+      return cudaGetLastError();
+    });
   });
 }
 

@@ -43,6 +43,29 @@ constexpr int kMinorRows = 8;        // ...by 8 rows
 constexpr int kTile = 8;             // values per thread per register tile
 constexpr int kApplyThreads = 256;   // threads of an elementwise block
 
+// Block shape of the ChannelMinor passes: each thread covers n channels
+// (one vector); the block is tx vector-columns by ty rows, tx the smallest
+// power of two covering the columns, at most 32 (a warp spans 32 vectors of
+// one row, or several whole rows when the channels are few).
+struct MinorShape {
+  unsigned tx, ty;
+  int64_t col_blocks;
+};
+inline MinorShape minor_shape(int64_t c, int n) {
+  const int64_t cols = (c + n - 1) / n;
+  unsigned tx = 1;
+  while (tx < 32 && int64_t(tx) < cols) tx *= 2;
+  return MinorShape{tx, unsigned(kReduceThreads) / tx, (cols + tx - 1) / tx};
+}
+// The vector width (elements) a tensor gets when its pointers are 16-byte
+// aligned: planning assumes it, the launchers check it.
+inline int natural_width(DType d, int64_t row) {
+  const int n = d == DType::F32 ? 4 : 8;
+  for (int w = n; w > 1; w /= 2)
+    if (row % w == 0) return w;
+  return 1;
+}
+
 // How a per-channel reduction is cut: `splits` blocks share each channel
 // (ChannelMajor) or each 32-channel tile (ChannelMinor).
 struct ReducePlan {

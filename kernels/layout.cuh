@@ -35,6 +35,16 @@ struct FlatCursor {
     }
     if (ch >= c) ch -= c;  // ch < 2c here: d_ch < c and the carry adds one
   }
+  __device__ __forceinline__ void retreat() {
+    i -= d;
+    pos -= d_pos;
+    ch -= d_ch;
+    if (pos < 0) {
+      pos += inner;
+      --ch;
+    }
+    if (ch < 0) ch += c;  // ch >= -c here
+  }
 };
 
 // Walks the values j0, j0 + D, ... (j < m = n * spatial) of one channel of a

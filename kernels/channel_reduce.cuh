@@ -1,0 +1,128 @@
+// Per-channel reduction passes: one skeleton per memory order,
+// parameterized by an accumulator, each block writing one partial state per
+// channel it covers to partials[split * c + channel] (no atomics; the
+// finalize merges the splits in order).
+//
+// An Acc<T, N> provides
+//   using State;                  the per-channel state (Welford, Sum2)
+//   struct Const;                 per-channel constants (pivot, mean)
+//   Const channel(int64_t ch);    read them
+//   struct In;                    one vector's inputs (N values per field)
+//   void load(int64_t offset, In&)
+//   void add_column(State&, const Const&, const In (&)[K], int lane, int count)
+//       folds value `lane` of the first `count` vectors (ChannelMinor: the
+//       lanes of a vector are channels)
+//   void add_all(State&, const Const&, const In (&)[K], int count)
+//       folds every value of the first `count` vectors (ChannelMajor: a
+//       vector lies in one channel)
+// K vectors are loaded before any is used, so K * 16 bytes per thread are in
+// flight.
+#pragma once
+
+#include "dtype.cuh"
+#include "layout.cuh"
+#include "reduce.cuh"
+#include "vector.cuh"
+
+namespace bnorm {
+namespace kernels {
+
+template <int N>
+constexpr int reduce_tile() {
+  return N >= 4 ? 4 : 8;  // vectors per register tile
+}
+
+// ChannelMinor: block (TX, TY) with TY a power of two; thread (tx, ty) of
+// block (bx, split) owns channels [(bx * TX + tx) * N, + N) and rows
+// split * TY + ty, stepping TY * gridDim.y. Merged along y by a tree in
+// shared memory (TX * TY * N states), thread (tx, 0) writing the partials.
+template <int N, class Acc>
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_channel_minor(Acc acc, int64_t c, int64_t rows, typename Acc::State* partials) {
+  BNORM_DYNAMIC_SHARED(smem);
+  using S = typename Acc::State;
+  constexpr int K = reduce_tile<N>();
+  const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x;
+  const int64_t c0 = (int64_t(blockIdx.x) * cols + tx) * N;
+  const bool active = c0 < c;
+  S s[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) s[i] = S{};
+  if (active) {
+    typename Acc::Const k[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) k[i] = acc.channel(c0 + i);
+    const int64_t stride = int64_t(blockDim.y) * gridDim.y;
+    int64_t r = int64_t(blockIdx.y) * blockDim.y + ty;
+    while (r < rows) {
+      typename Acc::In in[K] = {};
+      int count = 0;
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        if (r < rows) {
+          acc.load(r * c + c0, in[j]);
+          ++count;
+          r += stride;
+        }
+      }
+#pragma unroll
+      for (int i = 0; i < N; ++i) acc.add_column(s[i], k[i], in, i, count);
+    }
+  }
+  S* sh = reinterpret_cast<S*>(smem);
+#pragma unroll
+  for (int i = 0; i < N; ++i) sh[(ty * cols + tx) * N + i] = s[i];
+  for (unsigned half = blockDim.y / 2; half > 0; half /= 2) {
+    __syncthreads();
+    if (ty < half) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        s[i] = merge(s[i], sh[((ty + half) * cols + tx) * N + i]);
+        sh[(ty * cols + tx) * N + i] = s[i];
+      }
+    }
+  }
+  if (ty == 0 && active) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) partials[int64_t(blockIdx.y) * c + c0 + i] = s[i];
+  }
+}
+
+// ChannelMajor: block (channel, split) walks its channel's m values as
+// vectors of N within each sample's run of `spatial` values
+// (spatial % N == 0), thread t taking vectors split * blockDim.x + t,
+// stepping blockDim.x * gridDim.y. Merged by block_merge; thread 0 writes.
+template <int N, class Acc>
+__global__ void __launch_bounds__(kReduceThreads)
+    reduce_channel_major(Acc acc, int64_t c, int64_t spatial, int64_t m,
+                         typename Acc::State* partials) {
+  BNORM_DYNAMIC_SHARED(smem);
+  using S = typename Acc::State;
+  constexpr int K = reduce_tile<N>();
+  const int64_t ch = blockIdx.x;
+  const typename Acc::Const k = acc.channel(ch);
+  const int64_t vectors = m / N;
+  const int64_t stride = int64_t(blockDim.x) * gridDim.y;
+  int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
+  ChannelRunCursor cur(j, stride, spatial / N, c, ch);
+  S s{};
+  while (j < vectors) {
+    typename Acc::In in[K] = {};
+    int count = 0;
+#pragma unroll
+    for (int u = 0; u < K; ++u) {
+      if (j < vectors) {
+        acc.load(cur.offset() * N, in[u]);
+        ++count;
+        j += stride;
+        cur.advance();
+      }
+    }
+    acc.add_all(s, k, in, count);
+  }
+  s = block_merge(s, reinterpret_cast<S*>(smem));
+  if (threadIdx.x == 0) partials[int64_t(blockIdx.y) * c + ch] = s;
+}
+
+}  // namespace kernels
+}  // namespace bnorm

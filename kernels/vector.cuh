@@ -1,0 +1,62 @@
+// Vector access: a thread moves N consecutive activations as one aligned
+// load or store (16 bytes when N * sizeof(T) == 16: LDG.128 / STG.128), so a
+// warp moves 512 contiguous bytes per instruction and the instruction count
+// per byte drops by N. The launcher picks N: the widest such that every
+// access is aligned (pointers 16-byte aligned, the row length a multiple of
+// N); N = 1 is the scalar fallback.
+#pragma once
+
+#include "dtype.cuh"
+
+namespace bnorm {
+namespace kernels {
+
+template <class T, int N>
+struct alignas(sizeof(T) * N) Vec {
+  T v[N];
+};
+
+template <class T, int N>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
+  const Vec<T, N> v = *reinterpret_cast<const Vec<T, N>*>(p);
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = to_float(v.v[i]);
+}
+
+template <class T, int N>
+__device__ __forceinline__ void store_vec(T* p, const float (&in)[N]) {
+  Vec<T, N> v;
+#pragma unroll
+  for (int i = 0; i < N; ++i) v.v[i] = from_float<T>(in[i]);
+  *reinterpret_cast<Vec<T, N>*>(p) = v;
+}
+
+// The widest vector (in elements) for row length `len` and the given
+// pointers: 16 bytes when everything lines up, else narrower, else 1.
+template <class T>
+inline int vector_width(int64_t len, std::initializer_list<const void*> ptrs) {
+  for (int bytes = 16; bytes > int(sizeof(T)); bytes /= 2) {
+    const int n = bytes / int(sizeof(T));
+    bool ok = len % n == 0;
+    for (const void* p : ptrs) ok = ok && (reinterpret_cast<uintptr_t>(p) % bytes == 0);
+    if (ok) return n;
+  }
+  return 1;
+}
+
+// Calls f(std::integral_constant<int, N>{}) for the run-time width n.
+template <class T, class F>
+cudaError_t dispatch_width(int n, F&& f) {
+  switch (n * int(sizeof(T))) {
+    case 16: return f(std::integral_constant<int, 16 / sizeof(T)>{});
+    case 8: return f(std::integral_constant<int, 8 / sizeof(T)>{});
+    case 4:
+      if (sizeof(T) < 4) return f(std::integral_constant<int, 4 / sizeof(T)>{});
+      break;
+    default: break;
+  }
+  return f(std::integral_constant<int, 1>{});
+}
+
+}  // namespace kernels
+}  // namespace bnorm

@@ -28,8 +28,8 @@ namespace bnorm {
 namespace kernels {
 
 template <int N>
-constexpr int reduce_tile() {
-  return N >= 4 ? 4 : 8;  // vectors per register tile
+__host__ __device__ constexpr int reduce_tile() {
+  return N >= 2 ? 4 : 8;  // vectors per register tile
 }
 
 // ChannelMinor: block (TX, TY) with TY a power of two; thread (tx, ty) of

@@ -14,7 +14,7 @@
 // Three launches, deterministic as the forward is (no atomics, fixed order):
 //   1. partial sums (sum g, sum g * (x - mean)) per split and channel,
 //      accumulated over register tiles and merged in a fixed tree;
-//   2. finalize: per channel, merge the splits in order, write dgamma and
+//   2. finalize: a warp per channel adds the splits (a fixed tree), writes dgamma and
 //      dbeta, and the coefficients of dx: a = gamma * rstd, mdy = dbeta / m,
 //      k = rstd * dgamma / m, so that dx = a * ((g - mdy) - (x - mean) * k);
 //   3. dx, elementwise (dx may alias dy or x: each value is read and then
@@ -154,19 +154,20 @@ struct FinalizeParams {
   Coeffs* coeffs;
 };
 
+// One warp per channel: lanes add every 32nd split, then the warp adds its
+// lanes (fixed tree); lane 0 writes the channel's results.
 __global__ void __launch_bounds__(kFinalizeThreads) finalize_grads(FinalizeParams p) {
-  const int64_t stride = int64_t(blockDim.x) * gridDim.x;
-  for (int64_t ch = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; ch < p.c; ch += stride) {
-    double sg = 0.0, sgd = 0.0;
-    for (int64_t k = 0; k < p.splits; ++k) {
-      const Sum2 s = p.partials[k * p.c + ch];
-      sg += double(s.a);
-      sgd += double(s.b);
-    }
+  const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int64_t ch = int64_t(blockIdx.x) * warps + threadIdx.x / 32; ch < p.c;
+       ch += int64_t(gridDim.x) * warps) {
+    Sum2 s{};
+    for (int64_t k = lane; k < p.splits; k += 32) s = merge(s, p.partials[k * p.c + ch]);
+    s = warp_merge(s);
+    if (lane != 0) continue;
     const double rstd =
         p.frozen ? 1.0 / sqrt(double(p.stat[ch]) + p.eps) : double(p.stat[ch]);
-    const double dbeta = sg;
-    const double dgamma = sgd * rstd;
+    const double dbeta = double(s.a);
+    const double dgamma = double(s.b) * rstd;
     if (p.dgamma) {
       p.dgamma[ch] = float(dgamma);
       p.dbeta[ch] = float(dbeta);
@@ -233,8 +234,8 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
       p.dgamma = a.dgamma;
       p.dbeta = a.dbeta;
       p.coeffs = coeffs;
-      const int64_t fblocks = (t.c + kFinalizeThreads - 1) / kFinalizeThreads;
-      BNORM_LAUNCH(finalize_grads, unsigned(fblocks < 1024 ? fblocks : 1024), kFinalizeThreads,
+      const int64_t fblocks = (t.c + kFinalizeThreads / 32 - 1) / (kFinalizeThreads / 32);
+      BNORM_LAUNCH(finalize_grads, unsigned(fblocks < 4096 ? fblocks : 4096), kFinalizeThreads,
                    0, stream, p);
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }

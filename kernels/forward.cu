@@ -22,9 +22,10 @@
 //   1. partial statistics: `splits` blocks per channel (ChannelMajor) or per
 //      32-channel tile (ChannelMinor), each writing (count, mean, M2) to the
 //      workspace; no atomics.
-//   2. finalize: one block merges each channel's partials in split order,
-//      writes saved and running statistics and the normalize coefficients,
-//      then advances the step counter (after every thread has read it).
+//   2. finalize: a warp per channel merges its partials (lanes over splits,
+//      then a fixed tree), writes saved and running statistics and the
+//      normalize coefficients; in cumulative mode a one-thread launch then
+//      advances the step counter, after every warp has read it.
 //   3. normalize: a grid-stride elementwise pass (y may alias x: each value
 //      is read and then written by the same thread).
 #include "dtype.cuh"
@@ -115,14 +116,20 @@ struct FinalizeParams {
   float *ws_pivot, *ws_scale, *ws_shift, *ws_mean, *ws_rstd;
 };
 
+// One warp per channel: lanes merge every 32nd split, then the warp merges
+// its lanes (fixed tree), and lane 0 writes the channel's results.
 template <class T>
 __global__ void __launch_bounds__(kFinalizeThreads)
     finalize_stats(const T* __restrict__ x, FinalizeParams p) {
-  // Read the step counter once per thread, before thread 0 advances it.
+  const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  // Read before advance_step runs (a later launch).
   const double f = p.step_count ? 1.0 / (1.0 + double(*p.step_count)) : p.factor;
-  for (int64_t ch = threadIdx.x; ch < p.c; ch += blockDim.x) {
-    Welford s = p.partials[ch];
-    for (int64_t k = 1; k < p.splits; ++k) s = merge(s, p.partials[k * p.c + ch]);
+  for (int64_t ch = int64_t(blockIdx.x) * warps + threadIdx.x / 32; ch < p.c;
+       ch += int64_t(gridDim.x) * warps) {
+    Welford s{};
+    for (int64_t k = lane; k < p.splits; k += 32) s = merge(s, p.partials[k * p.c + ch]);
+    s = warp_merge(s);
+    if (lane != 0) continue;
     const float pivot = to_float(x[ch * p.pivot_stride]);
     const double var = s.m2 > 0.0f ? double(s.m2) / double(p.m) : 0.0;
     const double mean = double(pivot) + double(s.mean);
@@ -150,9 +157,11 @@ __global__ void __launch_bounds__(kFinalizeThreads)
       }
     }
   }
-  __syncthreads();
-  if (threadIdx.x == 0 && p.step_count && p.running_mean) *p.step_count += 1;
 }
+
+// The cumulative average's step counter advances in a launch of its own,
+// after every block of the finalize has read it.
+__global__ void advance_step(int64_t* step_count) { *step_count += 1; }
 
 }  // namespace
 
@@ -195,9 +204,16 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
     p.ws_shift = reinterpret_cast<float*>(w + ws.shift);
     p.ws_mean = reinterpret_cast<float*>(w + ws.mean);
     p.ws_rstd = reinterpret_cast<float*>(w + ws.rstd);
-    BNORM_LAUNCH((finalize_stats<T>), 1, kFinalizeThreads, 0, stream, x, p);
+    const int64_t fblocks = (t.c + kFinalizeThreads / 32 - 1) / (kFinalizeThreads / 32);
+    BNORM_LAUNCH((finalize_stats<T>), unsigned(fblocks < 4096 ? fblocks : 4096),
+                 kFinalizeThreads, 0, stream, x, p);
     e = cudaGetLastError();
-    if (e != cudaSuccess || !a.y) return e;
+    if (e != cudaSuccess) return e;
+    if (a.step_count && a.running_mean) {
+      BNORM_LAUNCH(advance_step, 1, 1, 0, stream, a.step_count);
+      if ((e = cudaGetLastError()) != cudaSuccess) return e;
+    }
+    if (!a.y) return cudaSuccess;
 
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;

@@ -28,6 +28,7 @@
 #include "geometry.cuh"
 #include "layout.cuh"
 #include "reduce.cuh"
+#include "finalize.cuh"
 
 namespace bnorm {
 namespace kernels {
@@ -35,10 +36,6 @@ namespace kernels {
 namespace {
 
 constexpr int kFinalizeThreads = 256;
-
-struct Coeffs {
-  float a, mdy, k, mean;
-};
 
 // Sums of g and g * (x - mean), over register tiles.
 template <class T, int N>
@@ -141,41 +138,16 @@ struct DxFrozenOp {
   }
 };
 
-struct FinalizeParams {
-  int64_t c, m, splits;
-  const Sum2* partials;
-  const float* gamma;
-  const float* mean;
-  const float* stat;  // rstd (full) or running variance (frozen)
-  double eps;
-  bool frozen;
-  float* dgamma;
-  float* dbeta;
-  Coeffs* coeffs;
-};
-
 // One warp per channel: lanes add every 32nd split, then the warp adds its
-// lanes (fixed tree); lane 0 writes the channel's results.
-__global__ void __launch_bounds__(kFinalizeThreads) finalize_grads(FinalizeParams p) {
+// lanes (fixed tree); lane 0 finishes the channel.
+__global__ void __launch_bounds__(kFinalizeThreads) finalize_grads(GradParams p) {
   const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t ch = int64_t(blockIdx.x) * warps + threadIdx.x / 32; ch < p.c;
        ch += int64_t(gridDim.x) * warps) {
     Sum2 s{};
     for (int64_t k = lane; k < p.splits; k += 32) s = merge(s, p.partials[k * p.c + ch]);
     s = warp_merge(s);
-    if (lane != 0) continue;
-    const double rstd =
-        p.frozen ? 1.0 / sqrt(double(p.stat[ch]) + p.eps) : double(p.stat[ch]);
-    const double dbeta = double(s.a);
-    const double dgamma = double(s.b) * rstd;
-    if (p.dgamma) {
-      p.dgamma[ch] = float(dgamma);
-      p.dbeta[ch] = float(dbeta);
-    }
-    const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
-    const double inv_m = 1.0 / double(p.m);
-    p.coeffs[ch] = Coeffs{float(g * rstd), float(dbeta * inv_m), float(rstd * dgamma * inv_m),
-                          p.mean[ch]};
+    if (lane == 0) p.coeffs[ch] = finish_grads(s, ch, p);
   }
 }
 
@@ -221,7 +193,7 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
       });
       if (e != cudaSuccess) return e;
 
-      FinalizeParams p;
+      GradParams p;
       p.c = t.c;
       p.m = t.m();
       p.splits = a.plan.splits;

@@ -32,6 +32,7 @@
 #include "launch.h"
 #include "layout.cuh"
 #include "reduce.cuh"
+#include "finalize.cuh"
 #include "apply.cuh"
 #include "channel_reduce.cuh"
 #include "geometry.cuh"
@@ -102,60 +103,20 @@ struct NormalizeOp {
   }
 };
 
-struct FinalizeParams {
-  int64_t c, m, splits, pivot_stride;
-  const Welford* partials;
-  const float* gamma;
-  const float* beta;
-  float* running_mean;
-  float* running_var;
-  int64_t* step_count;
-  float* saved_mean;
-  float* saved_rstd;
-  double eps, factor;
-  float *ws_pivot, *ws_scale, *ws_shift, *ws_mean, *ws_rstd;
-};
-
 // One warp per channel: lanes merge every 32nd split, then the warp merges
-// its lanes (fixed tree), and lane 0 writes the channel's results.
+// its lanes (fixed tree), and lane 0 finishes the channel.
 template <class T>
 __global__ void __launch_bounds__(kFinalizeThreads)
-    finalize_stats(const T* __restrict__ x, FinalizeParams p) {
+    finalize_stats(const T* __restrict__ x, StatsParams p) {
   const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
   // Read before advance_step runs (a later launch).
-  const double f = p.step_count ? 1.0 / (1.0 + double(*p.step_count)) : p.factor;
+  const double f = average_factor(p);
   for (int64_t ch = int64_t(blockIdx.x) * warps + threadIdx.x / 32; ch < p.c;
        ch += int64_t(gridDim.x) * warps) {
     Welford s{};
     for (int64_t k = lane; k < p.splits; k += 32) s = merge(s, p.partials[k * p.c + ch]);
     s = warp_merge(s);
-    if (lane != 0) continue;
-    const float pivot = to_float(x[ch * p.pivot_stride]);
-    const double var = s.m2 > 0.0f ? double(s.m2) / double(p.m) : 0.0;
-    const double mean = double(pivot) + double(s.mean);
-    const double rstd = 1.0 / sqrt(var + p.eps);
-    const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
-    const double b = p.beta ? double(p.beta[ch]) : 0.0;
-    const float scale = float(g * rstd);
-    p.ws_pivot[ch] = pivot;
-    p.ws_scale[ch] = scale;
-    p.ws_shift[ch] = float(b - double(scale) * double(s.mean));
-    p.ws_mean[ch] = float(mean);
-    p.ws_rstd[ch] = float(rstd);
-    if (p.saved_mean) {
-      p.saved_mean[ch] = float(mean);
-      p.saved_rstd[ch] = float(rstd);
-    }
-    if (p.running_mean) {
-      const double unbiased = var * double(p.m) / double(p.m - 1);
-      if (f == 1.0) {  // replace, even if the old value is not finite
-        p.running_mean[ch] = float(mean);
-        p.running_var[ch] = float(unbiased);
-      } else if (f != 0.0) {
-        p.running_mean[ch] = float((1.0 - f) * double(p.running_mean[ch]) + f * mean);
-        p.running_var[ch] = float((1.0 - f) * double(p.running_var[ch]) + f * unbiased);
-      }
-    }
+    if (lane == 0) finish_channel(s, to_float(x[ch * p.pivot_stride]), ch, p, f);
   }
 }
 
@@ -184,7 +145,7 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
     });
     if (e != cudaSuccess) return e;
 
-    FinalizeParams p;
+    StatsParams p;
     p.c = t.c;
     p.m = t.m();
     p.splits = a.plan.splits;

@@ -1,0 +1,105 @@
+// What a channel's merged state turns into: the statistics, the running
+// averages and the coefficients of the elementwise pass. Shared by the
+// multi-block finalize kernels and the single-launch tiny path, so that both
+// compute bitwise the same values. Per-channel arithmetic runs in double:
+// it is negligible beside the tensor passes, and division and sqrt are
+// correctly rounded on the GPU and the emulator alike.
+#pragma once
+
+#include "reduce.cuh"
+
+namespace bnorm {
+namespace kernels {
+
+struct StatsParams {
+  int64_t c, m, splits, pivot_stride;
+  const Welford* partials;
+  const float* gamma;
+  const float* beta;
+  float* running_mean;  // NULL: not tracked
+  float* running_var;
+  int64_t* step_count;  // cumulative mode with tracking, else NULL
+  float* saved_mean;    // NULL: not saved
+  float* saved_rstd;
+  double eps, factor;
+  // Workspace arrays for the normalize pass (NULL in the tiny path).
+  float *ws_pivot, *ws_scale, *ws_shift, *ws_mean, *ws_rstd;
+};
+
+// The running averages' factor: 1/(1 + t) in cumulative mode.
+__device__ __forceinline__ double average_factor(const StatsParams& p) {
+  return p.step_count ? 1.0 / (1.0 + double(*p.step_count)) : p.factor;
+}
+
+struct Affine {  // y = scale * (x - pivot) + shift
+  float pivot, scale, shift;
+};
+
+// s: the statistics of x - pivot over the channel's m values.
+__device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, int64_t ch,
+                                                 const StatsParams& p, double f) {
+  const double var = s.m2 > 0.0f ? double(s.m2) / double(p.m) : 0.0;
+  const double mean = double(pivot) + double(s.mean);
+  const double rstd = 1.0 / sqrt(var + p.eps);
+  const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
+  const double b = p.beta ? double(p.beta[ch]) : 0.0;
+  const float scale = float(g * rstd);
+  const Affine a{pivot, scale, float(b - double(scale) * double(s.mean))};
+  if (p.ws_pivot) {
+    p.ws_pivot[ch] = a.pivot;
+    p.ws_scale[ch] = a.scale;
+    p.ws_shift[ch] = a.shift;
+    p.ws_mean[ch] = float(mean);
+    p.ws_rstd[ch] = float(rstd);
+  }
+  if (p.saved_mean) {
+    p.saved_mean[ch] = float(mean);
+    p.saved_rstd[ch] = float(rstd);
+  }
+  if (p.running_mean) {
+    const double unbiased = var * double(p.m) / double(p.m - 1);
+    if (f == 1.0) {  // replace, even if the old value is not finite
+      p.running_mean[ch] = float(mean);
+      p.running_var[ch] = float(unbiased);
+    } else if (f != 0.0) {
+      p.running_mean[ch] = float((1.0 - f) * double(p.running_mean[ch]) + f * mean);
+      p.running_var[ch] = float((1.0 - f) * double(p.running_var[ch]) + f * unbiased);
+    }
+  }
+  return a;
+}
+
+// dx = a * ((g - mdy) - (x - mean) * k)
+struct Coeffs {
+  float a, mdy, k, mean;
+};
+
+struct GradParams {
+  int64_t c, m, splits;
+  const Sum2* partials;
+  const float* gamma;
+  const float* mean;
+  const float* stat;  // rstd (full) or running variance (frozen)
+  double eps;
+  bool frozen;
+  float* dgamma;  // NULL with dbeta: not returned
+  float* dbeta;
+  Coeffs* coeffs;
+};
+
+// s: sum g and sum g * (x - mean) over the channel's m values.
+__device__ __forceinline__ Coeffs finish_grads(const Sum2& s, int64_t ch, const GradParams& p) {
+  const double rstd = p.frozen ? 1.0 / sqrt(double(p.stat[ch]) + p.eps) : double(p.stat[ch]);
+  const double dbeta = double(s.a);
+  const double dgamma = double(s.b) * rstd;
+  if (p.dgamma) {
+    p.dgamma[ch] = float(dgamma);
+    p.dbeta[ch] = float(dbeta);
+  }
+  const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
+  const double inv_m = 1.0 / double(p.m);
+  return Coeffs{float(g * rstd), float(dbeta * inv_m), float(rstd * dgamma * inv_m), p.mean[ch]};
+}
+
+}  // namespace kernels
+}  // namespace bnorm

@@ -64,7 +64,7 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
     return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                       "n * spatial == 1: batch statistics of one value per channel are undefined")
         .status();
-  const Plan plan = make_plan(*handle, *desc);
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
   const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, !frozen);
   check.workspace(r.workspace, r.workspace_bytes, ws.total);
   if (!check.ok()) return check.status();
@@ -90,7 +90,7 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
     a.eps = cfg.eps;
     a.frozen = frozen;
     a.workspace = r.workspace;
-    e = k::backward(a, stream);
+    e = plan.reduce.single_block ? k::tiny_backward(a, stream) : k::backward(a, stream);
   }
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
@@ -107,7 +107,7 @@ bnormStatus_t workspace_size(const char* call, bnormHandle_t handle,
   check.handle(handle).desc(desc, &elem).config(config, false, &cfg)
       .required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
-  const Plan plan = make_plan(*handle, *desc);
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
   *workspace_bytes = k::BackwardWorkspace(desc->c, plan.reduce.splits, !frozen).total;
   return BNORM_STATUS_SUCCESS;
 }

@@ -101,6 +101,15 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
   out->eps = c->eps;
   out->factor = c->exponential_average_factor;
   out->average = c->average;
+  // Fields after the first version: read only what the caller's size covers.
+  out->path = BNORM_PATH_AUTO;
+  if (c->size >= offsetof(bnormConfig_t, path) + sizeof(c->path)) {
+    const int path = enum_value(c->path);
+    if (path != BNORM_PATH_AUTO && path != BNORM_PATH_MULTI_PASS &&
+        path != BNORM_PATH_SINGLE_BLOCK)
+      return fail(BNORM_STATUS_INVALID_VALUE, "config->path (%d) is not a bnormPath_t", path);
+    out->path = c->path;
+  }
   return *this;
 }
 

@@ -30,6 +30,7 @@ struct Config {
   double eps;
   double factor;
   bnormAverage_t average;
+  bnormPath_t path;
 };
 
 class Checker {

@@ -20,7 +20,7 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
   check.handle(handle).desc(desc, &elem).config(config, false, &cfg)
       .required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
-  const Plan plan = make_plan(*handle, *desc);
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
   *workspace_bytes = k::ForwardWorkspace(desc->c, plan.reduce.splits).total;
   return BNORM_STATUS_SUCCESS;
 }
@@ -71,7 +71,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
     return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                       "n * spatial == 1: the variance of one value per channel is undefined")
         .status();
-  const Plan plan = make_plan(*handle, *desc);
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
   const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
   check.workspace(workspace, workspace_bytes, ws.total);
   if (!check.ok()) return check.status();
@@ -92,7 +92,8 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
   a.eps = cfg.eps;
   a.factor = cfg.factor;
   a.workspace = workspace;
-  const cudaError_t e = k::forward_training(a, stream);
+  const cudaError_t e = plan.reduce.single_block ? k::tiny_forward_training(a, stream)
+                                                 : k::forward_training(a, stream);
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))
         .status();

@@ -37,7 +37,7 @@ bnormStatus_t bnormForwardInference(bnormHandle_t handle, cudaStream_t stream,
   if (!check.ok()) return check.status();
   if (bytes == 0) return BNORM_STATUS_SUCCESS;
 
-  const Plan plan = make_plan(*handle, *desc);
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
   k::InferenceArgs a{};
   a.t = plan.t;
   a.plan = plan.reduce;

@@ -19,7 +19,7 @@ kernels::DType dtype_of(bnormDataType_t d) {
 
 }  // namespace
 
-Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d) {
+Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t path) {
   Plan p;
   p.t.dtype = dtype_of(d.dtype);
   p.t.n = d.n;
@@ -54,6 +54,13 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d) {
   const int64_t blocks = ceil_div(numel, int64_t(kernels::kApplyThreads) * 4);
   p.reduce.apply_blocks =
       int(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(ctx.sm_count) * 16)));
+
+  // Tiny tensors: one launch instead of three or four saves more than the
+  // whole tensor costs to move. A warp per channel walks m values, so m
+  // stays small (at most 16 values per lane per pass).
+  constexpr int64_t kTinyElements = 16384, kTinyM = 512;
+  p.reduce.single_block = path == BNORM_PATH_SINGLE_BLOCK ||
+                          (path == BNORM_PATH_AUTO && numel <= kTinyElements && m <= kTinyM);
   return p;
 }
 

@@ -16,7 +16,7 @@ struct Plan {
 };
 
 // desc must have passed Checker::desc.
-Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& desc);
+Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& desc, bnormPath_t path);
 
 }  // namespace host
 }  // namespace bnorm

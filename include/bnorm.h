@@ -154,6 +154,16 @@ typedef enum {
   BNORM_AVERAGE_CUMULATIVE = 1
 } bnormAverage_t;
 
+typedef enum {
+  /* bnorm picks per shape and device (recommended). */
+  BNORM_PATH_AUTO = 0,
+  /* Statistics pass, finalize, elementwise pass: several launches, any size. */
+  BNORM_PATH_MULTI_PASS = 1,
+  /* One launch, one block, a warp per channel: the fastest for tiny
+   * tensors (launch latency dominates), slow for large ones. */
+  BNORM_PATH_SINGLE_BLOCK = 2
+} bnormPath_t;
+
 typedef struct {
   size_t size;           /* sizeof(bnormConfig_t) as the caller compiled it */
   unsigned int magic;    /* BNORM_CONFIG_MAGIC */
@@ -161,13 +171,17 @@ typedef struct {
   double eps;            /* >= 0 and finite; used exactly as given. Default 1e-5 */
   double exponential_average_factor; /* in [0, 1]. Default 0.1 */
   bnormAverage_t average;            /* Default BNORM_AVERAGE_EXPONENTIAL */
+  /* Kernel path of the training and backward calls. Every path computes the
+   * same function to rounding; a given path is bitwise deterministic. Added
+   * in 0.1 (callers whose config is shorter get BNORM_PATH_AUTO). */
+  bnormPath_t path;                  /* Default BNORM_PATH_AUTO */
 } bnormConfig_t;
 
 #define BNORM_CONFIG_MAGIC 0xb7a0c0f1u
 #define BNORM_CONFIG_INITIALIZER                                           \
   {                                                                        \
     sizeof(bnormConfig_t), BNORM_CONFIG_MAGIC, BNORM_VERSION, 1e-5, 0.1,   \
-        BNORM_AVERAGE_EXPONENTIAL                                          \
+        BNORM_AVERAGE_EXPONENTIAL, BNORM_PATH_AUTO                         \
   }
 
 /* ------------------------------------------------------------------------ */

@@ -70,7 +70,8 @@ inline int natural_width(DType d, int64_t row) {
 // (ChannelMajor) or each 32-channel tile (ChannelMinor).
 struct ReducePlan {
   int64_t splits;
-  int apply_blocks;  // grid of the elementwise pass (grid-stride)
+  int apply_blocks;   // grid of the elementwise pass (grid-stride)
+  bool single_block;  // the whole call in one launch (tiny.cu)
 };
 
 // ---- workspace layout -----------------------------------------------------------
@@ -124,6 +125,7 @@ struct ForwardTrainingArgs {
   void* workspace;
 };
 cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
+cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
 
 // ---- forward inference ---------------------------------------------------------------
 struct InferenceArgs {
@@ -170,6 +172,7 @@ struct BackwardArgs {
   void* workspace;
 };
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
+cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace bnorm

@@ -56,31 +56,40 @@ void fill_saved_stats(bnormHandle_t h, const Case& k, const bnormConfig_t& cfg,
 
 class Backward : public ::testing::TestWithParam<Case> {};
 
+// Every kernel path (bnormPath_t) on every shape.
 TEST_P(Backward, WithSavedStatisticsMatchesReference) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-5);
-  bt::BackwardRequest r = request(k, 500 + uint64_t(k.numel()));
-  fill_saved_stats(h, k, cfg, &r);
-  const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const bt::RefBackward want = bt::ref_backward(k, cfg, r, false);
-  EXPECT_TRUE(bt::all_close(got.dx, want.dx, dx_tolerance(k, want), "dx"));
-  expect_param_grads(got, want);
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    bnormConfig_t cfg = config(1e-5);
+    cfg.path = path;
+    bt::BackwardRequest r = request(k, 500 + uint64_t(k.numel()));
+    fill_saved_stats(h, k, cfg, &r);
+    const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const bt::RefBackward want = bt::ref_backward(k, cfg, r, false);
+    EXPECT_TRUE(bt::all_close(got.dx, want.dx, dx_tolerance(k, want), "dx"));
+    expect_param_grads(got, want);
+  }
 }
 
 TEST_P(Backward, RecomputedStatisticsMatchReference) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-3);
   const bt::BackwardRequest r = request(k, 900 + uint64_t(k.s.c));  // no saved statistics
-  const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const bt::RefBackward want = bt::ref_backward(k, cfg, r, false);
-  EXPECT_TRUE(bt::all_close(got.dx, want.dx, dx_tolerance(k, want), "dx"));
-  expect_param_grads(got, want);
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    bnormConfig_t cfg = config(1e-3);
+    cfg.path = path;
+    const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const bt::RefBackward want = bt::ref_backward(k, cfg, r, false);
+    EXPECT_TRUE(bt::all_close(got.dx, want.dx, dx_tolerance(k, want), "dx"));
+    expect_param_grads(got, want);
+  }
 }
 
 TEST_P(Backward, InPlaceWithoutParamGrads) {
@@ -112,15 +121,19 @@ TEST_P(BackwardFrozen, MatchesReference) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-4);
   bt::BackwardRequest r = request(k, 1700 + uint64_t(k.numel()));
   r.mean = bt::random_floats(size_t(k.s.c), 3, -3.0, 3.0);
   r.stat = bt::random_floats(size_t(k.s.c), 4, 0.25, 4.0);
-  const bt::BackwardResult got = bt::backward(h, k, cfg, r, true);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const bt::RefBackward want = bt::ref_backward(k, cfg, r, true);
-  EXPECT_TRUE(bt::all_close(got.dx, want.dx, dx_tolerance(k, want), "dx"));
-  expect_param_grads(got, want);
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    bnormConfig_t cfg = config(1e-4);
+    cfg.path = path;
+    const bt::BackwardResult got = bt::backward(h, k, cfg, r, true);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const bt::RefBackward want = bt::ref_backward(k, cfg, r, true);
+    EXPECT_TRUE(bt::all_close(got.dx, want.dx, dx_tolerance(k, want), "dx"));
+    expect_param_grads(got, want);
+  }
 }
 
 TEST_P(BackwardFrozen, DxOnlyNeedsNoX) {

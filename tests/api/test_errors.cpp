@@ -623,6 +623,26 @@ TEST_P(EveryCall, UnknownAverage) {
   }
 }
 
+TEST_P(EveryCall, UnknownPath) {
+  const Call call = GetParam();
+  for (int v : {3, -1, 0x7fffffff}) {
+    Args a = w.args(call);
+    set_raw(a.config.path, v);
+    expect_failure(w, call, a, BNORM_STATUS_INVALID_VALUE, {"config->path"},
+                   "path = " + std::to_string(v));
+  }
+}
+
+// A caller compiled against the first version of bnormConfig_t (without
+// `path`) is served, and the bytes past its struct are never read as a path.
+TEST_P(EveryCall, FirstVersionConfigIsAccepted) {
+  const Call call = GetParam();
+  Args a = w.args(call);
+  a.config.size = offsetof(bnormConfig_t, average) + sizeof(bnormAverage_t);
+  set_raw(a.config.path, 0x7fffffff);  // beyond the caller's size: ignored
+  EXPECT_TRUE(expect_success(call, a, "first-version config"));
+}
+
 INSTANTIATE_TEST_SUITE_P(Api, EveryCall, ::testing::ValuesIn(kAllCalls), CallParamName);
 
 // ---- descriptors ---------------------------------------------------------------------------

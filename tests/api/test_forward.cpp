@@ -42,22 +42,27 @@ void expect_stats(const Case& k, const bt::TrainResult& got, const bt::RefTrain&
 
 class ForwardTraining : public ::testing::TestWithParam<Case> {};
 
-TEST_P(ForwardTraining, MatchesReference) {
+// Every kernel path (bnormPath_t) on every shape: the automatic choice, the
+// multi-pass kernels and the single-block kernel.
+TEST_P(ForwardTraining, MatchesReferenceOnEveryPath) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-5, 0.1);
   const bt::TrainRequest r = standard_request(k, 1000 + uint64_t(k.numel()));
-  const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const bt::RefTrain want = bt::ref_forward_training(k, cfg, r);
-
-  EXPECT_TRUE(bt::all_close(got.y, want.y, bt::output_tolerance(k.dtype), "y"));
-  expect_stats(k, got, want);
-  EXPECT_TRUE(bt::all_close(bt::to_double(got.running_mean), want.running_mean, {1e-6, kStatRtol},
-                            "running_mean"));
-  EXPECT_TRUE(bt::all_close(bt::to_double(got.running_var), want.running_var, {1e-6, kStatRtol},
-                            "running_var"));
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    bnormConfig_t cfg = config(1e-5, 0.1);
+    cfg.path = path;
+    const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const bt::RefTrain want = bt::ref_forward_training(k, cfg, r);
+    EXPECT_TRUE(bt::all_close(got.y, want.y, bt::output_tolerance(k.dtype), "y"));
+    expect_stats(k, got, want);
+    EXPECT_TRUE(bt::all_close(bt::to_double(got.running_mean), want.running_mean,
+                              {1e-6, kStatRtol}, "running_mean"));
+    EXPECT_TRUE(bt::all_close(bt::to_double(got.running_var), want.running_var,
+                              {1e-6, kStatRtol}, "running_var"));
+  }
 }
 
 TEST_P(ForwardTraining, OptionalPointersNullInPlace) {
@@ -65,15 +70,19 @@ TEST_P(ForwardTraining, OptionalPointersNullInPlace) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-3, 0.1);
   bt::TrainRequest r;
   r.x = bt::random_activations(k, 77 + uint64_t(k.s.c));
   r.save_stats = false;
   r.in_place = true;
-  const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const bt::RefTrain want = bt::ref_forward_training(k, cfg, r);
-  EXPECT_TRUE(bt::all_close(got.y, want.y, bt::output_tolerance(k.dtype), "y (in place)"));
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    bnormConfig_t cfg = config(1e-3, 0.1);
+    cfg.path = path;
+    const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const bt::RefTrain want = bt::ref_forward_training(k, cfg, r);
+    EXPECT_TRUE(bt::all_close(got.y, want.y, bt::output_tolerance(k.dtype), "y (in place)"));
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Standard, ForwardTraining, ::testing::ValuesIn(bt::standard_cases()),

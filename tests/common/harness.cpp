@@ -240,6 +240,21 @@ std::vector<double> to_double(const std::vector<float>& v) {
   return std::vector<double>(v.begin(), v.end());
 }
 
+// ---- kernel paths -----------------------------------------------------------------------------
+
+std::vector<bnormPath_t> all_paths() {
+  return {BNORM_PATH_AUTO, BNORM_PATH_MULTI_PASS, BNORM_PATH_SINGLE_BLOCK};
+}
+
+const char* path_name(bnormPath_t p) {
+  switch (p) {
+    case BNORM_PATH_AUTO: return "path AUTO";
+    case BNORM_PATH_MULTI_PASS: return "path MULTI_PASS";
+    case BNORM_PATH_SINGLE_BLOCK: return "path SINGLE_BLOCK";
+  }
+  return "path ?";
+}
+
 // ---- tolerances -----------------------------------------------------------------------------
 
 Tolerance output_tolerance(bnormDataType_t t) {

@@ -119,6 +119,11 @@ std::vector<double> random_activations(const Case& k, uint64_t seed, double mean
 std::vector<double> random_floats(size_t n, uint64_t seed, double lo, double hi);
 std::vector<double> to_double(const std::vector<float>& v);
 
+// ---- kernel paths ----------------------------------------------------------------------
+// AUTO, MULTI_PASS, SINGLE_BLOCK: tests run each shape on every path.
+std::vector<bnormPath_t> all_paths();
+const char* path_name(bnormPath_t p);
+
 // ---- tolerances and comparison ---------------------------------------------------------
 struct Tolerance {
   double atol, rtol;

@@ -1,0 +1,179 @@
+// Tiny tensors: the whole operation in one launch of one block, a warp per
+// channel, so that launch latency (a few microseconds per launch) is paid
+// once. The math and the per-channel arithmetic are those of forward.cu and
+// backward.cu (shared through finalize.cuh); only the schedule differs:
+//   forward:  Welford over the channel's values (lanes strided, merged by a
+//             fixed tree), lane 0 finishes the channel, the warp normalizes;
+//   backward: (statistics if not saved,) the two gradient sums, lane 0
+//             finishes them, the warp writes dx.
+// Every lane reads each value it later writes, so y == x and dx == dy or x
+// are safe. Used where m and n * c * spatial are small (host/plan.cpp) or when
+// the caller asks for BNORM_PATH_SINGLE_BLOCK.
+#include "dtype.cuh"
+#include "finalize.cuh"
+#include "frozen.cuh"
+#include "launch.h"
+#include "reduce.cuh"
+
+namespace bnorm {
+namespace kernels {
+
+namespace {
+
+constexpr int kTinyThreads = 512;
+
+// Value j (0 <= j < m) of channel ch.
+struct ChannelIndex {
+  int64_t c, spatial;
+  bool major;
+  __device__ __forceinline__ int64_t operator()(int64_t ch, int64_t j) const {
+    if (!major) return j * c + ch;
+    const int64_t q = j / spatial;
+    return (q * c + ch) * spatial + (j - q * spatial);
+  }
+};
+
+__device__ __forceinline__ float broadcast(float v) { return __shfl_sync(kFullMask, v, 0); }
+
+// The statistics of channel ch of x: every lane returns the same Affine;
+// lane 0 has written the outputs p names.
+template <class T>
+__device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
+                                const StatsParams& p, double f) {
+  const unsigned lane = threadIdx.x % 32;
+  const float pivot = to_float(x[at(ch, 0)]);
+  Welford s{};
+  for (int64_t j = lane; j < p.m; j += 32) {
+    const float v[1] = {to_float(x[at(ch, j)]) - pivot};
+    add_tile(s, v, 1);
+  }
+  s = warp_merge(s);
+  Affine a{pivot, 0.0f, 0.0f};
+  if (lane == 0) a = finish_channel(s, pivot, ch, p, f);
+  a.scale = broadcast(a.scale);
+  a.shift = broadcast(a.shift);
+  return a;
+}
+
+template <class T>
+__global__ void __launch_bounds__(kTinyThreads)
+    tiny_forward(const T* x, T* y, ChannelIndex at, StatsParams p) {
+  const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const double f = average_factor(p);  // every thread reads it before the barrier below
+  for (int64_t ch = threadIdx.x / 32; ch < p.c; ch += warps) {
+    const Affine a = channel_stats(x, at, ch, p, f);
+    if (!y) continue;
+    for (int64_t j = lane; j < p.m; j += 32) {
+      const int64_t o = at(ch, j);
+      y[o] = from_float<T>(fmaf(a.scale, to_float(x[o]) - a.pivot, a.shift));
+    }
+  }
+  __syncthreads();
+  if (threadIdx.x == 0 && p.step_count && p.running_mean) *p.step_count += 1;
+}
+
+// sp: statistics to recompute (sp.ws_mean/ws_rstd receive them) when the
+// caller saved none; g.mean/g.stat then point at those arrays.
+template <class T>
+__global__ void __launch_bounds__(kTinyThreads)
+    tiny_backward(const T* x, const T* dy, T* dx, ChannelIndex at, GradParams g, StatsParams sp,
+                  bool recompute) {
+  const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  for (int64_t ch = threadIdx.x / 32; ch < g.c; ch += warps) {
+    if (recompute) {
+      channel_stats(x, at, ch, sp, 0.0);
+      __syncwarp();  // lane 0's ws_mean / ws_rstd, read below by every lane
+    }
+    Coeffs k{};
+    if (!g.frozen || g.dgamma) {
+      const float mean = g.mean[ch];
+      Sum2 s{};
+      for (int64_t j = lane; j < g.m; j += 32) {
+        const int64_t o = at(ch, j);
+        const float gv = to_float(dy[o]);
+        s.a += gv;
+        s.b = fmaf(gv, to_float(x[o]) - mean, s.b);
+      }
+      s = warp_merge(s);
+      if (lane == 0) k = finish_grads(s, ch, g);
+      k = Coeffs{broadcast(k.a), broadcast(k.mdy), broadcast(k.k), broadcast(k.mean)};
+    }
+    if (g.frozen) {
+      const float a = float(frozen_scale(g.gamma, g.stat, ch, g.eps));
+      for (int64_t j = lane; j < g.m; j += 32) {
+        const int64_t o = at(ch, j);
+        dx[o] = from_float<T>(a * to_float(dy[o]));
+      }
+    } else {
+      for (int64_t j = lane; j < g.m; j += 32) {
+        const int64_t o = at(ch, j);
+        const float gv = to_float(dy[o]);
+        dx[o] = from_float<T>(k.a * ((gv - k.mdy) - (to_float(x[o]) - k.mean) * k.k));
+      }
+    }
+  }
+}
+
+ChannelIndex index_of(const Tensor& t) {
+  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor};
+}
+
+}  // namespace
+
+cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) {
+  return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    StatsParams p{};
+    p.c = a.t.c;
+    p.m = a.t.m();
+    p.gamma = a.gamma;
+    p.beta = a.beta;
+    p.running_mean = a.running_mean;
+    p.running_var = a.running_var;
+    p.step_count = a.step_count;
+    p.saved_mean = a.saved_mean;
+    p.saved_rstd = a.saved_rstd;
+    p.eps = a.eps;
+    p.factor = a.factor;
+    BNORM_LAUNCH((tiny_forward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
+                 static_cast<T*>(a.y), index_of(a.t), p);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream) {
+  return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    const bool recompute = !a.frozen && !a.mean;
+    const BackwardWorkspace ws(a.t.c, a.plan.splits, recompute);
+    char* w = static_cast<char*>(a.workspace);
+    StatsParams sp{};
+    GradParams g{};
+    g.c = sp.c = a.t.c;
+    g.m = sp.m = a.t.m();
+    g.gamma = a.gamma;
+    g.mean = a.mean;
+    g.stat = a.stat;
+    g.eps = sp.eps = a.eps;
+    g.frozen = a.frozen;
+    g.dgamma = a.dgamma;
+    g.dbeta = a.dbeta;
+    if (recompute) {
+      const ForwardWorkspace fws(a.t.c, a.plan.splits);
+      sp.ws_pivot = reinterpret_cast<float*>(w + ws.forward + fws.pivot);
+      sp.ws_scale = reinterpret_cast<float*>(w + ws.forward + fws.scale);
+      sp.ws_shift = reinterpret_cast<float*>(w + ws.forward + fws.shift);
+      sp.ws_mean = reinterpret_cast<float*>(w + ws.forward + fws.mean);
+      sp.ws_rstd = reinterpret_cast<float*>(w + ws.forward + fws.rstd);
+      g.mean = sp.ws_mean;
+      g.stat = sp.ws_rstd;
+    }
+    BNORM_LAUNCH((tiny_backward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
+                 static_cast<const T*>(a.dy), static_cast<T*>(a.dx), index_of(a.t), g, sp,
+                 recompute);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace kernels
+}  // namespace bnorm

@@ -30,11 +30,12 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
   const bool major = d.layout == BNORM_LAYOUT_NCHW && d.spatial > 1 && d.c > 1;
   p.t.order = major ? kernels::Order::ChannelMajor : kernels::Order::ChannelMinor;
 
-  // Reductions: aim for about eight blocks per SM in all (several waves of
-  // 256-thread blocks hide memory latency; the finalize merges splits with
-  // a warp per channel, so many splits cost little), but give each thread
-  // at least one full register tile, and keep splits on grid.y.
-  const int64_t target_blocks = int64_t(ctx.sm_count) * 8;
+  // Reductions: about two 256-thread blocks per SM, about what is resident
+  // at once, so that each thread runs long and the per-block merge (a tree in
+  // shared memory) is paid rarely; eight per SM made NHWC statistics 3x
+  // slower than the copy rate on an H100 (bench/NOTES.md). Each thread gets
+  // at least one full register tile; splits stay on grid.y.
+  const int64_t target_blocks = int64_t(ctx.sm_count) * 2;
   const int64_t m = p.t.m();
   int64_t channel_blocks, useful;
   if (major) {

@@ -35,7 +35,9 @@ __host__ __device__ constexpr int reduce_tile() {
 // ChannelMinor: block (TX, TY) with TY a power of two; thread (tx, ty) of
 // block (bx, split) owns channels [(bx * TX + tx) * N, + N) and rows
 // split * TY + ty, stepping TY * gridDim.y. Merged along y by a tree in
-// shared memory (TX * TY * N states), thread (tx, 0) writing the partials.
+// shared memory (TX * TY * N states, laid out [lane][ty][tx] so that a warp
+// touches consecutive states: no bank conflicts), thread (tx, 0) writing the
+// partials.
 template <int N, class Acc>
 __global__ void __launch_bounds__(kReduceThreads)
     reduce_channel_minor(Acc acc, int64_t c, int64_t rows, typename Acc::State* partials) {
@@ -71,14 +73,14 @@ __global__ void __launch_bounds__(kReduceThreads)
   }
   S* sh = reinterpret_cast<S*>(smem);
 #pragma unroll
-  for (int i = 0; i < N; ++i) sh[(ty * cols + tx) * N + i] = s[i];
+  for (int i = 0; i < N; ++i) sh[(i * blockDim.y + ty) * cols + tx] = s[i];
   for (unsigned half = blockDim.y / 2; half > 0; half /= 2) {
     __syncthreads();
     if (ty < half) {
 #pragma unroll
       for (int i = 0; i < N; ++i) {
-        s[i] = merge(s[i], sh[((ty + half) * cols + tx) * N + i]);
-        sh[(ty * cols + tx) * N + i] = s[i];
+        s[i] = merge(s[i], sh[(i * blockDim.y + ty + half) * cols + tx]);
+        sh[(i * blockDim.y + ty) * cols + tx] = s[i];
       }
     }
   }

@@ -35,6 +35,10 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cb = size_t(desc->c) * sizeof(float);
   const bool grads = r.dgamma || r.dbeta;
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
+  const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, !frozen);
+  // The call writes the first ws.total bytes of the workspace, no more.
+  const size_t ws_used = r.workspace_bytes < ws.total ? r.workspace_bytes : ws.total;
   const char* mean_name = frozen ? "running_mean" : "saved_mean";
   const char* stat_name = frozen ? "running_var" : "saved_rstd";
   if (bytes > 0) {
@@ -55,7 +59,7 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
                     {r.stat, cb, stat_name, false},
                     {r.dgamma, cb, "dgamma", true},
                     {r.dbeta, cb, "dbeta", true},
-                    {r.workspace, r.workspace_bytes, "workspace", true}},
+                    {r.workspace, ws_used, "workspace", true}},
                    {{"dx", "dy"}, {"dx", "x"}});
   if (!check.ok()) return check.status();
 
@@ -64,8 +68,6 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
     return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                       "n * spatial == 1: batch statistics of one value per channel are undefined")
         .status();
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
-  const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, !frozen);
   check.workspace(r.workspace, r.workspace_bytes, ws.total);
   if (!check.ok()) return check.status();
 

@@ -39,6 +39,10 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
 
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cbytes = size_t(desc->c) * sizeof(float);
+  const Plan plan = make_plan(*handle, *desc, cfg.path);
+  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
+  // The call writes the first ws.total bytes of the workspace, no more.
+  const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
   const bool has_data = bytes > 0;
   const bool tracking = running_mean || running_var;
   const bool cumulative = cfg.average == BNORM_AVERAGE_CUMULATIVE;
@@ -62,7 +66,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
                     {tracking && cumulative ? step_count : nullptr, sizeof(int64_t), "step_count", true},
                     {saved_mean, cbytes, "saved_mean", true},
                     {saved_rstd, cbytes, "saved_rstd", true},
-                    {workspace, workspace_bytes, "workspace", true}},
+                    {workspace, ws_used, "workspace", true}},
                    {{"y", "x"}});
   if (!check.ok()) return check.status();
 
@@ -71,8 +75,6 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
     return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                       "n * spatial == 1: the variance of one value per channel is undefined")
         .status();
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
-  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
   check.workspace(workspace, workspace_bytes, ws.total);
   if (!check.ok()) return check.status();
   if (m == 0) return BNORM_STATUS_SUCCESS;

@@ -58,8 +58,8 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
 
   // Tiny tensors: one launch instead of three or four saves more than the
   // whole tensor costs to move. A warp per channel walks m values, so m
-  // stays small (at most 16 values per lane per pass).
-  constexpr int64_t kTinyElements = 16384, kTinyM = 512;
+  // stays small: one register chunk (8 values per lane) per pass.
+  constexpr int64_t kTinyElements = 16384, kTinyM = 256;
   p.reduce.single_block = path == BNORM_PATH_SINGLE_BLOCK ||
                           (path == BNORM_PATH_AUTO && numel <= kTinyElements && m <= kTinyM);
   return p;

@@ -41,6 +41,9 @@ constexpr int kFinalizeThreads = 256;
 template <class T, int N>
 struct GradAcc {
   using State = Sum2;
+  // Two fields a value: half the statistics pass's tile keeps the double
+  // buffer within about 128 registers.
+  static constexpr int kTile = reduce_tile<N>() / 2;
   struct Const {
     float mean;
   };
@@ -195,7 +198,7 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
 
       GradParams p;
       p.c = t.c;
-      p.m = t.m();
+      set_counts(p, t.m());
       p.splits = a.plan.splits;
       p.partials = partials;
       p.gamma = a.gamma;

@@ -15,8 +15,10 @@
 //   void add_all(State&, const Const&, const In (&)[K], int count)
 //       folds every value of the first `count` vectors (ChannelMajor: a
 //       vector lies in one channel)
-// K vectors are loaded before any is used, so K * 16 bytes per thread are in
-// flight.
+// Each thread double-buffers register tiles of K vectors: the loads of the
+// next tile are in flight while the current one is folded (2 * K * 16 bytes
+// per thread), which the statistics pass needs to approach the copy rate at
+// the occupancy its registers allow.
 #pragma once
 
 #include "dtype.cuh"
@@ -27,9 +29,11 @@
 namespace bnorm {
 namespace kernels {
 
+// Vectors per register tile (double-buffered, so twice this is live): 32
+// values a tile per field when vectors are wide, 8 when they are scalar.
 template <int N>
 __host__ __device__ constexpr int reduce_tile() {
-  return N >= 2 ? 4 : 8;  // vectors per register tile
+  return N >= 2 ? 4 : 8;
 }
 
 // ChannelMinor: block (TX, TY) with TY a power of two; thread (tx, ty) of
@@ -43,7 +47,7 @@ __global__ void __launch_bounds__(kReduceThreads)
     reduce_channel_minor(Acc acc, int64_t c, int64_t rows, typename Acc::State* partials) {
   BNORM_DYNAMIC_SHARED(smem);
   using S = typename Acc::State;
-  constexpr int K = reduce_tile<N>();
+  constexpr int K = Acc::kTile;
   const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x;
   const int64_t c0 = (int64_t(blockIdx.x) * cols + tx) * N;
   const bool active = c0 < c;
@@ -56,19 +60,32 @@ __global__ void __launch_bounds__(kReduceThreads)
     for (int i = 0; i < N; ++i) k[i] = acc.channel(c0 + i);
     const int64_t stride = int64_t(blockDim.y) * gridDim.y;
     int64_t r = int64_t(blockIdx.y) * blockDim.y + ty;
-    while (r < rows) {
-      typename Acc::In in[K] = {};
+    // Software-pipelined: the next tile's loads are issued before the
+    // current tile is folded, so 2 * K vectors per thread are in flight.
+    auto load = [&](typename Acc::In(&t)[K]) {
       int count = 0;
 #pragma unroll
       for (int j = 0; j < K; ++j) {
         if (r < rows) {
-          acc.load(r * c + c0, in[j]);
+          acc.load(r * c + c0, t[j]);
           ++count;
           r += stride;
         }
       }
+      return count;
+    };
+    auto fold = [&](const typename Acc::In(&t)[K], int count) {
 #pragma unroll
-      for (int i = 0; i < N; ++i) acc.add_column(s[i], k[i], in, i, count);
+      for (int i = 0; i < N; ++i) acc.add_column(s[i], k[i], t, i, count);
+    };
+    typename Acc::In a[K] = {}, b[K] = {};
+    int na = load(a);
+    while (na > 0) {
+      const int nb = load(b);
+      fold(a, na);
+      if (nb == 0) break;
+      na = load(a);
+      fold(b, nb);
     }
   }
   S* sh = reinterpret_cast<S*>(smem);
@@ -100,7 +117,7 @@ __global__ void __launch_bounds__(kReduceThreads)
                          typename Acc::State* partials) {
   BNORM_DYNAMIC_SHARED(smem);
   using S = typename Acc::State;
-  constexpr int K = reduce_tile<N>();
+  constexpr int K = Acc::kTile;
   const int64_t ch = blockIdx.x;
   const typename Acc::Const k = acc.channel(ch);
   const int64_t vectors = m / N;
@@ -108,19 +125,28 @@ __global__ void __launch_bounds__(kReduceThreads)
   int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
   ChannelRunCursor cur(j, stride, spatial / N, c, ch);
   S s{};
-  while (j < vectors) {
-    typename Acc::In in[K] = {};
+  // Software-pipelined as in reduce_channel_minor.
+  auto load = [&](typename Acc::In(&t)[K]) {
     int count = 0;
 #pragma unroll
     for (int u = 0; u < K; ++u) {
       if (j < vectors) {
-        acc.load(cur.offset() * N, in[u]);
+        acc.load(cur.offset() * N, t[u]);
         ++count;
         j += stride;
         cur.advance();
       }
     }
-    acc.add_all(s, k, in, count);
+    return count;
+  };
+  typename Acc::In a[K] = {}, b[K] = {};
+  int na = load(a);
+  while (na > 0) {
+    const int nb = load(b);
+    acc.add_all(s, k, a, na);
+    if (nb == 0) break;
+    na = load(a);
+    acc.add_all(s, k, b, nb);
   }
   s = block_merge(s, reinterpret_cast<S*>(smem));
   if (threadIdx.x == 0) partials[int64_t(blockIdx.y) * c + ch] = s;

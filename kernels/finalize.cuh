@@ -11,6 +11,8 @@
 namespace bnorm {
 namespace kernels {
 
+// The per-channel inputs and outputs of a statistics finalize. Fill with
+// stats_params() so that the host-computed factors are never forgotten.
 struct StatsParams {
   int64_t c, m, splits, pivot_stride;
   const Welford* partials;
@@ -22,9 +24,16 @@ struct StatsParams {
   float* saved_mean;    // NULL: not saved
   float* saved_rstd;
   double eps, factor;
+  double inv_m, bessel;  // 1/m and m/(m-1), computed on the host (no device division)
   // Workspace arrays for the normalize pass (NULL in the tiny path).
   float *ws_pivot, *ws_scale, *ws_shift, *ws_mean, *ws_rstd;
 };
+
+inline void set_counts(StatsParams& p, int64_t m) {
+  p.m = m;
+  p.inv_m = 1.0 / double(m);
+  p.bessel = m > 1 ? double(m) / double(m - 1) : 0.0;
+}
 
 // The running averages' factor: 1/(1 + t) in cumulative mode.
 __device__ __forceinline__ double average_factor(const StatsParams& p) {
@@ -38,7 +47,7 @@ struct Affine {  // y = scale * (x - pivot) + shift
 // s: the statistics of x - pivot over the channel's m values.
 __device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, int64_t ch,
                                                  const StatsParams& p, double f) {
-  const double var = s.m2 > 0.0f ? double(s.m2) / double(p.m) : 0.0;
+  const double var = s.m2 > 0.0f ? double(s.m2) * p.inv_m : 0.0;
   const double mean = double(pivot) + double(s.mean);
   const double rstd = 1.0 / sqrt(var + p.eps);
   const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
@@ -57,7 +66,7 @@ __device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, 
     p.saved_rstd[ch] = float(rstd);
   }
   if (p.running_mean) {
-    const double unbiased = var * double(p.m) / double(p.m - 1);
+    const double unbiased = var * p.bessel;
     if (f == 1.0) {  // replace, even if the old value is not finite
       p.running_mean[ch] = float(mean);
       p.running_var[ch] = float(unbiased);
@@ -81,11 +90,17 @@ struct GradParams {
   const float* mean;
   const float* stat;  // rstd (full) or running variance (frozen)
   double eps;
+  double inv_m;  // 1/m, computed on the host
   bool frozen;
   float* dgamma;  // NULL with dbeta: not returned
   float* dbeta;
   Coeffs* coeffs;
 };
+
+inline void set_counts(GradParams& p, int64_t m) {
+  p.m = m;
+  p.inv_m = 1.0 / double(m);
+}
 
 // s: sum g and sum g * (x - mean) over the channel's m values.
 __device__ __forceinline__ Coeffs finish_grads(const Sum2& s, int64_t ch, const GradParams& p) {
@@ -97,8 +112,8 @@ __device__ __forceinline__ Coeffs finish_grads(const Sum2& s, int64_t ch, const 
     p.dbeta[ch] = float(dbeta);
   }
   const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
-  const double inv_m = 1.0 / double(p.m);
-  return Coeffs{float(g * rstd), float(dbeta * inv_m), float(rstd * dgamma * inv_m), p.mean[ch]};
+  return Coeffs{float(g * rstd), float(dbeta * p.inv_m), float(rstd * dgamma * p.inv_m),
+                p.mean[ch]};
 }
 
 }  // namespace kernels

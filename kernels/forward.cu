@@ -48,6 +48,7 @@ constexpr int kFinalizeThreads = 256;
 template <class T, int N>
 struct WelfordAcc {
   using State = Welford;
+  static constexpr int kTile = reduce_tile<N>();
   struct Const {
     float pivot;
   };
@@ -147,7 +148,7 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
 
     StatsParams p;
     p.c = t.c;
-    p.m = t.m();
+    set_counts(p, t.m());
     p.splits = a.plan.splits;
     p.pivot_stride = major ? t.spatial : 1;
     p.partials = partials;

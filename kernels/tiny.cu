@@ -21,36 +21,67 @@ namespace kernels {
 namespace {
 
 constexpr int kTinyThreads = 256;  // 255 registers a thread: the double finish math fits unspilled
+// Values of a channel a lane loads at once: every load of a chunk is issued
+// before any is used, so a channel costs one memory latency per pass (m <=
+// 32 * kTinyChunk = 256, as the automatic choice guarantees, is one chunk).
+constexpr int kTinyChunk = 8;
 
 // Value j (0 <= j < m) of channel ch.
 struct ChannelIndex {
   int64_t c, spatial;
   bool major;
+  bool narrow;  // m < 2^32: a 32-bit division finds the sample
   __device__ __forceinline__ int64_t operator()(int64_t ch, int64_t j) const {
     if (!major) return j * c + ch;
-    const int64_t q = j / spatial;
+    const int64_t q = narrow ? int64_t(uint32_t(j) / uint32_t(spatial)) : j / spatial;
     return (q * c + ch) * spatial + (j - q * spatial);
   }
 };
 
 __device__ __forceinline__ float broadcast(float v) { return __shfl_sync(kFullMask, v, 0); }
 
+// Loads the chunk of channel ch that starts at value j0 into registers:
+// value j0 + lane + 32 k into v[k]. Returns how many of v are valid (a
+// prefix). `offset` receives the element offsets.
+template <class T>
+__device__ __forceinline__ int load_chunk(const T* p, const ChannelIndex& at, int64_t ch,
+                                          int64_t j0, int64_t m, float (&v)[kTinyChunk],
+                                          int64_t (&offset)[kTinyChunk]) {
+  const int64_t lane = threadIdx.x % 32;
+  int count = 0;
+#pragma unroll
+  for (int k = 0; k < kTinyChunk; ++k) {
+    const int64_t j = j0 + lane + 32 * k;
+    v[k] = 0.0f;
+    offset[k] = 0;
+    if (j < m) {
+      offset[k] = at(ch, j);
+      v[k] = to_float(p[offset[k]]);
+      ++count;
+    }
+  }
+  return count;
+}
+
 // The statistics of channel ch of x: every lane returns the same Affine;
 // lane 0 has written the outputs p names.
 template <class T>
 __device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
                                 const StatsParams& p, double f) {
-  const unsigned lane = threadIdx.x % 32;
   const float pivot = to_float(x[at(ch, 0)]);
   Welford s{};
 #pragma unroll 1
-  for (int64_t j = lane; j < p.m; j += 32) {
-    const float v[1] = {to_float(x[at(ch, j)]) - pivot};
-    add_tile(s, v, 1);
+  for (int64_t j0 = 0; j0 < p.m; j0 += 32 * kTinyChunk) {
+    float v[kTinyChunk];
+    int64_t o[kTinyChunk];
+    const int count = load_chunk(x, at, ch, j0, p.m, v, o);
+#pragma unroll
+    for (int k = 0; k < kTinyChunk; ++k) v[k] -= pivot;
+    add_tile(s, v, count);
   }
   s = warp_merge(s);
   Affine a{pivot, 0.0f, 0.0f};
-  if (lane == 0) a = finish_channel(s, pivot, ch, p, f);
+  if (threadIdx.x % 32 == 0) a = finish_channel(s, pivot, ch, p, f);
   a.scale = broadcast(a.scale);
   a.shift = broadcast(a.shift);
   return a;
@@ -59,15 +90,19 @@ __device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
 template <class T>
 __global__ void __launch_bounds__(kTinyThreads)
     tiny_forward(const T* x, T* y, ChannelIndex at, StatsParams p) {
-  const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const unsigned warps = blockDim.x / 32;
   const double f = average_factor(p);  // every thread reads it before the barrier below
   for (int64_t ch = threadIdx.x / 32; ch < p.c; ch += warps) {
     const Affine a = channel_stats(x, at, ch, p, f);
     if (!y) continue;
 #pragma unroll 1
-    for (int64_t j = lane; j < p.m; j += 32) {
-      const int64_t o = at(ch, j);
-      y[o] = from_float<T>(fmaf(a.scale, to_float(x[o]) - a.pivot, a.shift));
+    for (int64_t j0 = 0; j0 < p.m; j0 += 32 * kTinyChunk) {
+      float v[kTinyChunk];
+      int64_t o[kTinyChunk];
+      const int count = load_chunk(x, at, ch, j0, p.m, v, o);
+#pragma unroll
+      for (int k = 0; k < kTinyChunk; ++k)
+        if (k < count) y[o[k]] = from_float<T>(fmaf(a.scale, v[k] - a.pivot, a.shift));
     }
   }
   __syncthreads();
@@ -90,37 +125,46 @@ __global__ void __launch_bounds__(kTinyThreads)
     if (!g.frozen || g.dgamma) {
       const float mean = g.mean[ch];
       Sum2 s{};
-  #pragma unroll 1
-    for (int64_t j = lane; j < g.m; j += 32) {
-        const int64_t o = at(ch, j);
-        const float gv = to_float(dy[o]);
-        s.a += gv;
-        s.b = fmaf(gv, to_float(x[o]) - mean, s.b);
+#pragma unroll 1
+      for (int64_t j0 = 0; j0 < g.m; j0 += 32 * kTinyChunk) {
+        float gv[kTinyChunk], xv[kTinyChunk];
+        int64_t o[kTinyChunk];
+        const int count = load_chunk(dy, at, ch, j0, g.m, gv, o);
+        load_chunk(x, at, ch, j0, g.m, xv, o);
+#pragma unroll
+        for (int u = 0; u < kTinyChunk; ++u) {
+          if (u < count) {
+            s.a += gv[u];
+            s.b = fmaf(gv[u], xv[u] - mean, s.b);
+          }
+        }
       }
       s = warp_merge(s);
       if (lane == 0) k = finish_grads(s, ch, g);
       k = Coeffs{broadcast(k.a), broadcast(k.mdy), broadcast(k.k), broadcast(k.mean)};
     }
-    if (g.frozen) {
-      const float a = float(frozen_scale(g.gamma, g.stat, ch, g.eps));
-  #pragma unroll 1
-    for (int64_t j = lane; j < g.m; j += 32) {
-        const int64_t o = at(ch, j);
-        dx[o] = from_float<T>(a * to_float(dy[o]));
-      }
-    } else {
-  #pragma unroll 1
-    for (int64_t j = lane; j < g.m; j += 32) {
-        const int64_t o = at(ch, j);
-        const float gv = to_float(dy[o]);
-        dx[o] = from_float<T>(k.a * ((gv - k.mdy) - (to_float(x[o]) - k.mean) * k.k));
+    const float frozen_a = g.frozen ? float(frozen_scale(g.gamma, g.stat, ch, g.eps)) : 0.0f;
+#pragma unroll 1
+    for (int64_t j0 = 0; j0 < g.m; j0 += 32 * kTinyChunk) {
+      float gv[kTinyChunk], xv[kTinyChunk] = {};
+      int64_t o[kTinyChunk];
+      const int count = load_chunk(dy, at, ch, j0, g.m, gv, o);
+      if (!g.frozen) load_chunk(x, at, ch, j0, g.m, xv, o);
+#pragma unroll
+      for (int u = 0; u < kTinyChunk; ++u) {
+        if (u < count) {
+          const float d = g.frozen ? frozen_a * gv[u]
+                                   : k.a * ((gv[u] - k.mdy) - (xv[u] - k.mean) * k.k);
+          dx[o[u]] = from_float<T>(d);
+        }
       }
     }
   }
 }
 
 ChannelIndex index_of(const Tensor& t) {
-  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor};
+  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor,
+                      t.m() < (int64_t(1) << 32)};
 }
 
 }  // namespace
@@ -130,7 +174,7 @@ cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t str
     using T = decltype(tag);
     StatsParams p{};
     p.c = a.t.c;
-    p.m = a.t.m();
+    set_counts(p, a.t.m());
     p.gamma = a.gamma;
     p.beta = a.beta;
     p.running_mean = a.running_mean;
@@ -155,7 +199,8 @@ cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream) {
     StatsParams sp{};
     GradParams g{};
     g.c = sp.c = a.t.c;
-    g.m = sp.m = a.t.m();
+    set_counts(g, a.t.m());
+    set_counts(sp, a.t.m());
     g.gamma = a.gamma;
     g.mean = a.mean;
     g.stat = a.stat;

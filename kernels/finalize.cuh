@@ -6,6 +6,7 @@
 // correctly rounded on the GPU and the emulator alike.
 #pragma once
 
+#include "launch.h"
 #include "reduce.cuh"
 
 namespace bnorm {
@@ -33,6 +34,24 @@ inline void set_counts(StatsParams& p, int64_t m) {
   p.m = m;
   p.inv_m = 1.0 / double(m);
   p.bessel = m > 1 ? double(m) / double(m - 1) : 0.0;
+}
+
+// The caller's side of a forward-training finalize; the kernel family fills
+// in its partials, splits and workspace arrays.
+inline StatsParams stats_params(const ForwardTrainingArgs& a) {
+  StatsParams p{};
+  p.c = a.t.c;
+  set_counts(p, a.t.m());
+  p.gamma = a.gamma;
+  p.beta = a.beta;
+  p.running_mean = a.running_mean;
+  p.running_var = a.running_var;
+  p.step_count = a.step_count;
+  p.saved_mean = a.saved_mean;
+  p.saved_rstd = a.saved_rstd;
+  p.eps = a.eps;
+  p.factor = a.factor;
+  return p;
 }
 
 // The running averages' factor: 1/(1 + t) in cumulative mode.

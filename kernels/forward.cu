@@ -146,21 +146,10 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
     });
     if (e != cudaSuccess) return e;
 
-    StatsParams p;
-    p.c = t.c;
-    set_counts(p, t.m());
+    StatsParams p = stats_params(a);
     p.splits = a.plan.splits;
     p.pivot_stride = major ? t.spatial : 1;
     p.partials = partials;
-    p.gamma = a.gamma;
-    p.beta = a.beta;
-    p.running_mean = a.running_mean;
-    p.running_var = a.running_var;
-    p.step_count = a.step_count;
-    p.saved_mean = a.saved_mean;
-    p.saved_rstd = a.saved_rstd;
-    p.eps = a.eps;
-    p.factor = a.factor;
     p.ws_pivot = reinterpret_cast<float*>(w + ws.pivot);
     p.ws_scale = reinterpret_cast<float*>(w + ws.scale);
     p.ws_shift = reinterpret_cast<float*>(w + ws.shift);

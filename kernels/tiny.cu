@@ -172,18 +172,7 @@ ChannelIndex index_of(const Tensor& t) {
 cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) {
   return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
-    StatsParams p{};
-    p.c = a.t.c;
-    set_counts(p, a.t.m());
-    p.gamma = a.gamma;
-    p.beta = a.beta;
-    p.running_mean = a.running_mean;
-    p.running_var = a.running_var;
-    p.step_count = a.step_count;
-    p.saved_mean = a.saved_mean;
-    p.saved_rstd = a.saved_rstd;
-    p.eps = a.eps;
-    p.factor = a.factor;
+    const StatsParams p = stats_params(a);
     BNORM_LAUNCH((tiny_forward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
                  static_cast<T*>(a.y), index_of(a.t), p);
     return cudaGetLastError();

@@ -181,6 +181,11 @@ template <class T>
 inline T atomicExch(T* p, T v) {
   return __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST);
 }
+template <class T>
+inline T atomicOr(T* p, T v) {
+  static_assert(std::is_integral<T>::value, "atomicOr on integers");
+  return __atomic_fetch_or(p, v, __ATOMIC_SEQ_CST);
+}
 
 // ---- math and bit casts that CUDA provides only on the device ---------------
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }

@@ -51,6 +51,8 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
   check.aligned(r.x, elem, "x").aligned(r.dy, elem, "dy").aligned(r.dx, elem, "dx")
       .aligned(r.gamma, 4, "gamma").aligned(r.mean, 4, mean_name).aligned(r.stat, 4, stat_name)
       .aligned(r.dgamma, 4, "dgamma").aligned(r.dbeta, 4, "dbeta");
+  const int64_t numel = desc->n * desc->c * desc->spatial;
+  check.epilogue(cfg, Checker::EpilogueRole::Backward, bytes, numel, elem);
   check.no_overlap({{r.x, bytes, "x", false},
                     {r.dy, bytes, "dy", false},
                     {r.dx, bytes, "dx", true},
@@ -59,7 +61,9 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
                     {r.stat, cb, stat_name, false},
                     {r.dgamma, cb, "dgamma", true},
                     {r.dbeta, cb, "dbeta", true},
-                    {r.workspace, ws_used, "workspace", true}},
+                    {r.workspace, ws_used, "workspace", true},
+                    {cfg.relu_mask, k::relu_mask_bytes(numel), "config->relu_mask", false},
+                    {cfg.residual_grad, bytes, "config->residual_grad", true}},
                    {{"dx", "dy"}, {"dx", "x"}});
   if (!check.ok()) return check.status();
 
@@ -92,6 +96,7 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
     a.eps = cfg.eps;
     a.frozen = frozen;
     a.workspace = r.workspace;
+    a.ep = epilogue_args(cfg, numel);
     e = plan.reduce.single_block ? k::tiny_backward(a, stream) : k::backward(a, stream);
   }
   if (e != cudaSuccess)

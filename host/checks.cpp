@@ -110,6 +110,25 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
       return fail(BNORM_STATUS_INVALID_VALUE, "config->path (%d) is not a bnormPath_t", path);
     out->path = c->path;
   }
+  out->epilogue = BNORM_EPILOGUE_NONE;
+  out->residual = nullptr;
+  out->residual_grad = nullptr;
+  out->relu_mask = nullptr;
+  out->relu_mask_bytes = 0;
+  if (c->size >= offsetof(bnormConfig_t, relu_mask_bytes) + sizeof(c->relu_mask_bytes)) {
+    const int epilogue = enum_value(c->epilogue);
+    if (epilogue != BNORM_EPILOGUE_NONE && epilogue != BNORM_EPILOGUE_RELU &&
+        epilogue != BNORM_EPILOGUE_ADD_RELU)
+      return fail(BNORM_STATUS_INVALID_VALUE, "config->epilogue (%d) is not a bnormEpilogue_t",
+                  epilogue);
+    out->epilogue = c->epilogue;
+    if (epilogue != BNORM_EPILOGUE_NONE) {
+      out->residual = c->residual;
+      out->residual_grad = c->residual_grad;
+      out->relu_mask = c->relu_mask;
+      out->relu_mask_bytes = c->relu_mask_bytes;
+    }
+  }
   return *this;
 }
 
@@ -156,6 +175,31 @@ Checker& Checker::no_overlap(std::initializer_list<Region> regions,
                     in_place.size() ? " (only the documented exact in-place aliasing is allowed)"
                                     : "");
     }
+  }
+  return *this;
+}
+
+Checker& Checker::epilogue(const Config& cfg, EpilogueRole role, size_t bytes, int64_t numel,
+                           size_t elem_bytes) {
+  if (!ok() || cfg.epilogue == BNORM_EPILOGUE_NONE || numel == 0) return *this;
+  const bool add = cfg.epilogue == BNORM_EPILOGUE_ADD_RELU;
+  const size_t mask_need = size_t((numel + 31) / 32) * 4;
+  (void)bytes;
+  if (role != EpilogueRole::Backward && add) {
+    required(cfg.residual, "config->residual").aligned(cfg.residual, elem_bytes, "config->residual");
+  }
+  if (role == EpilogueRole::Backward && add) {
+    required(cfg.residual_grad, "config->residual_grad")
+        .aligned(cfg.residual_grad, elem_bytes, "config->residual_grad");
+  }
+  if (role != EpilogueRole::Infer) required(cfg.relu_mask, "config->relu_mask");
+  if (cfg.relu_mask) {
+    aligned(cfg.relu_mask, 4, "config->relu_mask");
+    if (ok() && cfg.relu_mask_bytes < mask_need)
+      fail(BNORM_STATUS_WORKSPACE_TOO_SMALL,
+           "config->relu_mask_bytes (%zu) is smaller than the %zu bytes of the mask "
+           "(bnormGetReluMaskSize)",
+           cfg.relu_mask_bytes, mask_need);
   }
   return *this;
 }

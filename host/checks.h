@@ -31,6 +31,11 @@ struct Config {
   double factor;
   bnormAverage_t average;
   bnormPath_t path;
+  bnormEpilogue_t epilogue;  // NONE when the caller's struct predates it
+  const void* residual;
+  void* residual_grad;
+  void* relu_mask;
+  size_t relu_mask_bytes;
 };
 
 class Checker {
@@ -57,6 +62,11 @@ class Checker {
   Checker& no_overlap(std::initializer_list<Region> regions,
                       std::initializer_list<std::pair<const char*, const char*>> in_place = {});
   Checker& workspace(const void* p, size_t have, size_t need);
+  // The epilogue's pointers for a call on a tensor of `bytes` bytes and
+  // `numel` elements: `role` says what the call does with them.
+  enum class EpilogueRole { Train, Infer, Backward };
+  Checker& epilogue(const Config& cfg, EpilogueRole role, size_t bytes, int64_t numel,
+                    size_t elem_bytes);
   Checker& fail(bnormStatus_t s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));
 
  private:

@@ -25,6 +25,16 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
   return BNORM_STATUS_SUCCESS;
 }
 
+bnormStatus_t bnormGetReluMaskSize(bnormHandle_t handle, const bnormTensorDesc_t* desc,
+                                   size_t* mask_bytes) {
+  Checker check("bnormGetReluMaskSize");
+  size_t elem = 0;
+  check.handle(handle).desc(desc, &elem).required(mask_bytes, "mask_bytes");
+  if (!check.ok()) return check.status();
+  *mask_bytes = k::relu_mask_bytes(desc->n * desc->c * desc->spatial);
+  return BNORM_STATUS_SUCCESS;
+}
+
 bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
                                    const bnormTensorDesc_t* desc, const bnormConfig_t* config,
                                    const void* x, void* y, const float* gamma, const float* beta,
@@ -55,8 +65,11 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
       .aligned(running_var, 4, "running_var").aligned(saved_mean, 4, "saved_mean")
       .aligned(saved_rstd, 4, "saved_rstd");
   if (tracking && cumulative) check.aligned(step_count, 8, "step_count");
-  // No output may overlap anything else (y == x excepted); the workspace is
-  // written too.
+  const int64_t numel = desc->n * desc->c * desc->spatial;
+  const size_t mask_bytes = k::relu_mask_bytes(numel);
+  check.epilogue(cfg, Checker::EpilogueRole::Train, bytes, numel, elem);
+  // No output may overlap anything else (y == x excepted); the workspace and
+  // the mask are written too.
   check.no_overlap({{x, bytes, "x", false},
                     {y, bytes, "y", true},
                     {gamma, cbytes, "gamma", false},
@@ -66,7 +79,9 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
                     {tracking && cumulative ? step_count : nullptr, sizeof(int64_t), "step_count", true},
                     {saved_mean, cbytes, "saved_mean", true},
                     {saved_rstd, cbytes, "saved_rstd", true},
-                    {workspace, ws_used, "workspace", true}},
+                    {workspace, ws_used, "workspace", true},
+                    {cfg.residual, bytes, "config->residual", false},
+                    {cfg.relu_mask, mask_bytes, "config->relu_mask", true}},
                    {{"y", "x"}});
   if (!check.ok()) return check.status();
 
@@ -94,6 +109,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
   a.eps = cfg.eps;
   a.factor = cfg.factor;
   a.workspace = workspace;
+  a.ep = epilogue_args(cfg, numel);
   const cudaError_t e = plan.reduce.single_block ? k::tiny_forward_training(a, stream)
                                                  : k::forward_training(a, stream);
   if (e != cudaSuccess)

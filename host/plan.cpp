@@ -19,6 +19,17 @@ kernels::DType dtype_of(bnormDataType_t d) {
 
 }  // namespace
 
+kernels::EpilogueArgs epilogue_args(const Config& cfg, int64_t numel) {
+  kernels::EpilogueArgs e{};
+  e.kind = int(cfg.epilogue);
+  if (cfg.epilogue == BNORM_EPILOGUE_NONE) return e;
+  e.residual = cfg.epilogue == BNORM_EPILOGUE_ADD_RELU ? cfg.residual : nullptr;
+  e.residual_grad = cfg.epilogue == BNORM_EPILOGUE_ADD_RELU ? cfg.residual_grad : nullptr;
+  e.mask = static_cast<uint32_t*>(cfg.relu_mask);
+  e.mask_bytes = kernels::relu_mask_bytes(numel);
+  return e;
+}
+
 Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t path) {
   Plan p;
   p.t.dtype = dtype_of(d.dtype);
@@ -60,8 +71,12 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
   // whole tensor costs to move. A warp per channel walks m values, so m
   // stays small: one register chunk (8 values per lane) per pass.
   constexpr int64_t kTinyElements = 16384, kTinyM = 256;
-  p.reduce.single_block = path == BNORM_PATH_SINGLE_BLOCK ||
-                          (path == BNORM_PATH_AUTO && numel <= kTinyElements && m <= kTinyM);
+  // The single-block kernels index a channel with 32-bit arithmetic: beyond
+  // that the multi-pass kernels run even when asked for the single block.
+  const bool fits32 = m < (int64_t(1) << 32);
+  p.reduce.single_block =
+      fits32 && (path == BNORM_PATH_SINGLE_BLOCK ||
+                 (path == BNORM_PATH_AUTO && numel <= kTinyElements && m <= kTinyM));
   return p;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "bnorm.h"
+#include "checks.h"
 #include "context.h"
 #include "kernels/launch.h"
 
@@ -14,6 +15,9 @@ struct Plan {
   kernels::Tensor t;
   kernels::ReducePlan reduce;
 };
+
+// The epilogue's kernel arguments from a checked config.
+kernels::EpilogueArgs epilogue_args(const Config& cfg, int64_t numel);
 
 // desc must have passed Checker::desc.
 Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& desc, bnormPath_t path);

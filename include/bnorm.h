@@ -57,7 +57,7 @@
 #include <cuda_runtime_api.h> /* cudaStream_t */
 
 #define BNORM_VERSION_MAJOR 0
-#define BNORM_VERSION_MINOR 1
+#define BNORM_VERSION_MINOR 2
 #define BNORM_VERSION_PATCH 0
 /* One integer, comparable: 100 * (100 * major + minor) + patch. */
 #define BNORM_VERSION \
@@ -160,9 +160,20 @@ typedef enum {
   /* Statistics pass, finalize, elementwise pass: several launches, any size. */
   BNORM_PATH_MULTI_PASS = 1,
   /* One launch, one block, a warp per channel: the fastest for tiny
-   * tensors (launch latency dominates), slow for large ones. */
+   * tensors (launch latency dominates), slow for large ones. Channels of
+   * 2^32 values or more run the multi-pass kernels instead. */
   BNORM_PATH_SINGLE_BLOCK = 2
 } bnormPath_t;
+
+/* A fused epilogue after the normalization (forward) and its gradient
+ * (backward). The ReLU's decisions are saved by forward training as a mask of
+ * 1 bit per element: bit (i % 32) of 32-bit word i / 32 is set when element
+ * i (in memory order) of the pre-activation was > 0. */
+typedef enum {
+  BNORM_EPILOGUE_NONE = 0,
+  BNORM_EPILOGUE_RELU = 1,     /* y = max(bn(x), 0) */
+  BNORM_EPILOGUE_ADD_RELU = 2  /* y = max(bn(x) + z, 0), z = config->residual */
+} bnormEpilogue_t;
 
 typedef struct {
   size_t size;           /* sizeof(bnormConfig_t) as the caller compiled it */
@@ -175,13 +186,33 @@ typedef struct {
    * same function to rounding; a given path is bitwise deterministic. Added
    * in 0.1 (callers whose config is shorter get BNORM_PATH_AUTO). */
   bnormPath_t path;                  /* Default BNORM_PATH_AUTO */
+
+  /* The fused epilogue (added in 0.2). With BNORM_EPILOGUE_NONE (the
+   * default) the fields below are ignored. The pointers are device memory,
+   * as the call's tensors are.
+   *  - forward training: writes the mask (relu_mask, at least
+   *    bnormGetReluMaskSize() bytes in relu_mask_bytes, 4-byte aligned;
+   *    required) and reads z (residual, for ADD_RELU; same descriptor as x;
+   *    required).
+   *  - forward inference: reads z for ADD_RELU; writes the mask if
+   *    relu_mask is not NULL (it may be, as inference needs none).
+   *  - backward and frozen backward: read the mask (required), apply the
+   *    ReLU's gradient to dy, and for ADD_RELU write dz = the masked dy to
+   *    residual_grad (required), before the batch-norm backward proper.
+   * None of them may overlap the call's other arguments. */
+  bnormEpilogue_t epilogue;          /* Default BNORM_EPILOGUE_NONE */
+  const void* residual;              /* z (ADD_RELU forward) */
+  void* residual_grad;               /* dz (ADD_RELU backward) */
+  void* relu_mask;                   /* written by training, read by backward */
+  size_t relu_mask_bytes;
 } bnormConfig_t;
 
 #define BNORM_CONFIG_MAGIC 0xb7a0c0f1u
 #define BNORM_CONFIG_INITIALIZER                                           \
   {                                                                        \
     sizeof(bnormConfig_t), BNORM_CONFIG_MAGIC, BNORM_VERSION, 1e-5, 0.1,   \
-        BNORM_AVERAGE_EXPONENTIAL, BNORM_PATH_AUTO                         \
+        BNORM_AVERAGE_EXPONENTIAL, BNORM_PATH_AUTO, BNORM_EPILOGUE_NONE,   \
+        NULL, NULL, NULL, 0                                                \
   }
 
 /* ------------------------------------------------------------------------ */
@@ -236,6 +267,10 @@ BNORM_API bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t 
                                              float* saved_rstd, void* workspace,
                                              size_t workspace_bytes);
 
+/* Bytes of the ReLU mask for a tensor: 4 * ceil(n * c * spatial / 32). */
+BNORM_API bnormStatus_t bnormGetReluMaskSize(bnormHandle_t handle, const bnormTensorDesc_t* desc,
+                                             size_t* mask_bytes);
+
 /* ------------------------------------------------------------------------ */
 /* Forward inference
  *
@@ -261,6 +296,22 @@ BNORM_API bnormStatus_t bnormGetInferenceScaleShift(bnormHandle_t handle, cudaSt
                                                     const float* running_mean,
                                                     const float* running_var, float* scale,
                                                     float* shift);
+
+/* Folds the inference transform into the preceding linear or 1x1
+ * convolution layer, on the device, so that inference needs no batch norm:
+ *   weight[o][i] *= scale[o],  bias_out[o] = bias_in[o] * scale[o] + shift[o]
+ * with (scale, shift) of bnormGetInferenceScaleShift, o over the layer's
+ * `out_features` = c output channels (the BN's channels), i over
+ * `in_features` inputs (in_channels for a 1x1 convolution); weight is
+ * out-channel-major fp32 (weight[o * in_features + i]), updated in place.
+ * bias_in may be NULL (a layer without bias); bias_out is required and may
+ * equal bias_in. gamma, beta may be NULL. No other overlap is allowed. */
+BNORM_API bnormStatus_t bnormFoldIntoLinear(bnormHandle_t handle, cudaStream_t stream,
+                                            int64_t out_features, int64_t in_features,
+                                            const bnormConfig_t* config, const float* gamma,
+                                            const float* beta, const float* running_mean,
+                                            const float* running_var, float* weight,
+                                            const float* bias_in, float* bias_out);
 
 /* ------------------------------------------------------------------------ */
 /* Backward (gradient through the batch statistics)

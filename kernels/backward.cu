@@ -20,9 +20,12 @@
 //   3. dx, elementwise (dx may alias dy or x: each value is read and then
 //      written by the same thread).
 // The frozen dx needs no reduction, so without dgamma/dbeta it is one launch.
+// With a ReLU epilogue every pass reads g = dy masked by the forward's bits
+// (epilogue.cuh), and the dx pass also writes dz = g for ADD_RELU.
 // A full backward whose caller kept no saved statistics first recomputes
 // them with the forward-statistics kernels (forward.cu).
 #include "dtype.cuh"
+#include "epilogue.cuh"
 #include "frozen.cuh"
 #include "launch.h"
 #include "geometry.cuh"
@@ -53,11 +56,13 @@ struct GradAcc {
   const T* x;
   const T* dy;
   const float* __restrict__ mean;
+  const uint32_t* __restrict__ mask;  // ReLU epilogue, else NULL
 
   __device__ Const channel(int64_t ch) const { return {mean[ch]}; }
   __device__ void load(int64_t offset, In& in) const {
     load_vec<T, N>(dy + offset, in.g);
     load_vec<T, N>(x + offset, in.x);
+    if (mask) apply_mask<N>(mask, offset, in.g);
   }
   template <int K>
   __device__ void add_column(Sum2& s, const Const& k, const In (&in)[K], int lane,
@@ -91,7 +96,8 @@ struct GradAcc {
   }
 };
 
-// dx = a * ((g - mdy) - (x - mean) * k), coefficients from the finalize.
+// dx = a * ((g - mdy) - (x - mean) * k), coefficients from the finalize;
+// with an epilogue g is the masked dy, and ADD_RELU also writes dz = g.
 template <class T, int N>
 struct DxFullOp {
   using Coef = Coeffs;
@@ -102,11 +108,15 @@ struct DxFullOp {
   const T* dy;
   T* dx;
   const Coeffs* __restrict__ coeffs;
+  const uint32_t* __restrict__ mask;
+  T* dz;
 
   __device__ Coef coef(int64_t ch) const { return coeffs[ch]; }
   __device__ void load(int64_t offset, In& in) const {
     load_vec<T, N>(dy + offset, in.g);
     load_vec<T, N>(x + offset, in.x);
+    if (mask) apply_mask<N>(mask, offset, in.g);
+    if (dz) store_vec<T, N>(dz + offset, in.g);
   }
   __device__ float compute(const Coef& c, const In& in, int i) const {
     return c.a * ((in.g[i] - c.mdy) - (in.x[i] - c.mean) * c.k);
@@ -130,11 +140,17 @@ struct DxFrozenOp {
   const float* __restrict__ gamma;
   const float* __restrict__ running_var;
   double eps;
+  const uint32_t* __restrict__ mask;
+  T* dz;
 
   __device__ Coef coef(int64_t ch) const {
     return {float(frozen_scale(gamma, running_var, ch, eps))};
   }
-  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(dy + offset, in.g); }
+  __device__ void load(int64_t offset, In& in) const {
+    load_vec<T, N>(dy + offset, in.g);
+    if (mask) apply_mask<N>(mask, offset, in.g);
+    if (dz) store_vec<T, N>(dz + offset, in.g);
+  }
   __device__ float compute(const Coef& c, const In& in, int i) const { return c.a * in.g[i]; }
   __device__ void store(int64_t offset, const float (&out)[N]) const {
     store_vec<T, N>(dx + offset, out);
@@ -166,8 +182,9 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     const T* x = static_cast<const T*>(a.x);
     const T* dy = static_cast<const T*>(a.dy);
     T* dx = static_cast<T*>(a.dx);
+    T* dz = static_cast<T*>(a.ep.residual_grad);
     const bool major = t.order == Order::ChannelMajor;
-    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.dy, a.dx});
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.dy, a.dx, dz});
     cudaError_t e;
 
     const float* mean = a.mean;
@@ -191,7 +208,7 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
       Sum2* partials = reinterpret_cast<Sum2*>(w + ws.partials);
       e = dispatch_width<T>(width, [&](auto n) -> cudaError_t {
         constexpr int N = decltype(n)::value;
-        launch_reduce<N>(GradAcc<T, N>{x, dy, mean}, t, a.plan, partials, stream);
+        launch_reduce<N>(GradAcc<T, N>{x, dy, mean, a.ep.mask}, t, a.plan, partials, stream);
         return cudaGetLastError();
       });
       if (e != cudaSuccess) return e;
@@ -217,9 +234,10 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
       if (a.frozen) {
-        launch_apply<N>(DxFrozenOp<T, N>{dy, dx, a.gamma, a.stat, a.eps}, t, a.plan, stream);
+        launch_apply<N>(DxFrozenOp<T, N>{dy, dx, a.gamma, a.stat, a.eps, a.ep.mask, dz}, t,
+                        a.plan, stream);
       } else {
-        launch_apply<N>(DxFullOp<T, N>{x, dy, dx, coeffs}, t, a.plan, stream);
+        launch_apply<N>(DxFullOp<T, N>{x, dy, dx, coeffs, a.ep.mask, dz}, t, a.plan, stream);
       }
       return cudaGetLastError();
     });

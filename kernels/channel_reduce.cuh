@@ -15,7 +15,9 @@
 //   void add_all(State&, const Const&, const In (&)[K], int count)
 //       folds every value of the first `count` vectors (ChannelMajor: a
 //       vector lies in one channel)
-// Each thread double-buffers register tiles of K vectors: the loads of the
+// Both skeletons ask for two resident blocks per SM (at most 128 registers a
+// thread), the grid the planner sizes. Each thread double-buffers register
+// tiles of K vectors: the loads of the
 // next tile are in flight while the current one is folded (2 * K * 16 bytes
 // per thread), which the statistics pass needs to approach the copy rate at
 // the occupancy its registers allow.
@@ -43,7 +45,7 @@ __host__ __device__ constexpr int reduce_tile() {
 // touches consecutive states: no bank conflicts), thread (tx, 0) writing the
 // partials.
 template <int N, class Acc>
-__global__ void __launch_bounds__(kReduceThreads)
+__global__ void __launch_bounds__(kReduceThreads, 2)
     reduce_channel_minor(Acc acc, int64_t c, int64_t rows, typename Acc::State* partials) {
   BNORM_DYNAMIC_SHARED(smem);
   using S = typename Acc::State;
@@ -112,7 +114,7 @@ __global__ void __launch_bounds__(kReduceThreads)
 // (spatial % N == 0), thread t taking vectors split * blockDim.x + t,
 // stepping blockDim.x * gridDim.y. Merged by block_merge; thread 0 writes.
 template <int N, class Acc>
-__global__ void __launch_bounds__(kReduceThreads)
+__global__ void __launch_bounds__(kReduceThreads, 2)
     reduce_channel_major(Acc acc, int64_t c, int64_t spatial, int64_t m,
                          typename Acc::State* partials) {
   BNORM_DYNAMIC_SHARED(smem);

@@ -1,9 +1,10 @@
 // What a channel's merged state turns into: the statistics, the running
 // averages and the coefficients of the elementwise pass. Shared by the
 // multi-block finalize kernels and the single-launch tiny path, so that both
-// compute bitwise the same values. Per-channel arithmetic runs in double:
-// it is negligible beside the tensor passes, and division and sqrt are
-// correctly rounded on the GPU and the emulator alike.
+// compute bitwise the same values. Per-channel arithmetic runs in double
+// (negligible beside the tensor passes): 1/sqrt as rsqrt, 1/m and m/(m-1)
+// from the host, so no device division (its slow path is a call, around
+// which ptxas spills).
 #pragma once
 
 #include "launch.h"
@@ -68,7 +69,7 @@ __device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, 
                                                  const StatsParams& p, double f) {
   const double var = s.m2 > 0.0f ? double(s.m2) * p.inv_m : 0.0;
   const double mean = double(pivot) + double(s.mean);
-  const double rstd = 1.0 / sqrt(var + p.eps);
+  const double rstd = rsqrt(var + p.eps);
   const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
   const double b = p.beta ? double(p.beta[ch]) : 0.0;
   const float scale = float(g * rstd);
@@ -123,7 +124,7 @@ inline void set_counts(GradParams& p, int64_t m) {
 
 // s: sum g and sum g * (x - mean) over the channel's m values.
 __device__ __forceinline__ Coeffs finish_grads(const Sum2& s, int64_t ch, const GradParams& p) {
-  const double rstd = p.frozen ? 1.0 / sqrt(double(p.stat[ch]) + p.eps) : double(p.stat[ch]);
+  const double rstd = p.frozen ? rsqrt(double(p.stat[ch]) + p.eps) : double(p.stat[ch]);
   const double dbeta = double(s.a);
   const double dgamma = double(s.b) * rstd;
   if (p.dgamma) {

@@ -32,6 +32,7 @@
 #include "launch.h"
 #include "layout.cuh"
 #include "reduce.cuh"
+#include "epilogue.cuh"
 #include "finalize.cuh"
 #include "apply.cuh"
 #include "channel_reduce.cuh"
@@ -79,28 +80,36 @@ struct WelfordAcc {
   }
 };
 
-// y = scale * (x - pivot) + shift.
+// y = scale * (x - pivot) + shift, then the epilogue: + z, ReLU, mask.
 template <class T, int N>
 struct NormalizeOp {
   struct Coef {
     float pivot, scale, shift;
   };
   struct In {
-    float x[N];
+    float x[N], z[N];
   };
   const T* x;
   T* y;
   const float* __restrict__ pivot;
   const float* __restrict__ scale;
   const float* __restrict__ shift;
+  const T* __restrict__ z;  // ADD_RELU, else NULL
+  uint32_t* mask;           // ReLU in training, else NULL
+  bool relu;
 
   __device__ Coef coef(int64_t ch) const { return {pivot[ch], scale[ch], shift[ch]}; }
-  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
+  __device__ void load(int64_t offset, In& in) const {
+    load_vec<T, N>(x + offset, in.x);
+    if (z) load_vec<T, N>(z + offset, in.z);
+  }
   __device__ float compute(const Coef& k, const In& in, int i) const {
-    return fmaf(k.scale, in.x[i] - k.pivot, k.shift);
+    const float v = fmaf(k.scale, in.x[i] - k.pivot, k.shift) + (z ? in.z[i] : 0.0f);
+    return relu ? kernels::relu(v) : v;
   }
   __device__ void store(int64_t offset, const float (&out)[N]) const {
     store_vec<T, N>(y + offset, out);
+    if (mask) set_mask_bits<N>(mask, offset, out);
   }
 };
 
@@ -136,7 +145,7 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
     char* w = static_cast<char*>(a.workspace);
     Welford* partials = reinterpret_cast<Welford*>(w + ws.partials);
     const T* x = static_cast<const T*>(a.x);
-    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y});
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y, a.ep.residual});
 
     cudaError_t e = dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
@@ -165,10 +174,19 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }
     if (!a.y) return cudaSuccess;
+    if (a.ep.mask && (e = cudaMemsetAsync(a.ep.mask, 0, a.ep.mask_bytes, stream)) != cudaSuccess)
+      return e;
 
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
-      const NormalizeOp<T, N> op{x, static_cast<T*>(a.y), p.ws_pivot, p.ws_scale, p.ws_shift};
+      const NormalizeOp<T, N> op{x,
+                                 static_cast<T*>(a.y),
+                                 p.ws_pivot,
+                                 p.ws_scale,
+                                 p.ws_shift,
+                                 static_cast<const T*>(a.ep.residual),
+                                 a.ep.mask,
+                                 a.ep.kind != 0};
       launch_apply<N>(op, t, a.plan, stream);
       return cudaGetLastError();
     });

@@ -11,8 +11,10 @@
 // The factor is frozen_scale() (frozen.cuh), shared with the frozen backward.
 // For folding BN into the preceding layer the same transform is exported as
 //   scale = gamma * rstd,   shift = beta - running_mean * scale
-// so that y = x * scale + shift.
+// so that y = x * scale + shift, or folded on the device into a linear or
+// 1x1-convolution layer: W[o][:] *= scale[o], b[o] = b[o] * scale[o] + shift[o].
 #include "dtype.cuh"
+#include "epilogue.cuh"
 #include "frozen.cuh"
 #include "launch.h"
 #include "geometry.cuh"
@@ -23,14 +25,14 @@ namespace kernels {
 
 namespace {
 
-// y = (x - running_mean) * scale + beta.
+// y = (x - running_mean) * scale + beta, then the epilogue.
 template <class T, int N>
 struct InferenceOp {
   struct Coef {
     float mean, scale, beta;
   };
   struct In {
-    float x[N];
+    float x[N], z[N];
   };
   const T* x;
   T* y;
@@ -39,17 +41,25 @@ struct InferenceOp {
   const float* __restrict__ running_mean;
   const float* __restrict__ running_var;
   double eps;
+  const T* __restrict__ z;  // ADD_RELU, else NULL
+  uint32_t* mask;           // optional with a ReLU
+  bool relu;
 
   __device__ Coef coef(int64_t ch) const {
     return {running_mean[ch], float(frozen_scale(gamma, running_var, ch, eps)),
             beta ? beta[ch] : 0.0f};
   }
-  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
+  __device__ void load(int64_t offset, In& in) const {
+    load_vec<T, N>(x + offset, in.x);
+    if (z) load_vec<T, N>(z + offset, in.z);
+  }
   __device__ float compute(const Coef& k, const In& in, int i) const {
-    return fmaf(in.x[i] - k.mean, k.scale, k.beta);
+    const float v = fmaf(in.x[i] - k.mean, k.scale, k.beta) + (z ? in.z[i] : 0.0f);
+    return relu ? kernels::relu(v) : v;
   }
   __device__ void store(int64_t offset, const float (&out)[N]) const {
     store_vec<T, N>(y + offset, out);
+    if (mask) set_mask_bits<N>(mask, offset, out);
   }
 };
 
@@ -64,18 +74,53 @@ __global__ void __launch_bounds__(kApplyThreads)
   }
 }
 
+// A block per output row of the layer: the row's weights times the BN's
+// scale, and its bias folded with the shift.
+__global__ void __launch_bounds__(kApplyThreads) fold_linear(FoldArgs a) {
+  for (int64_t o = blockIdx.x; o < a.out_features; o += gridDim.x) {
+    const double scale = frozen_scale(a.gamma, a.running_var, o, a.eps);
+    const float s = float(scale);
+    float* row = a.weight + o * a.in_features;
+    for (int64_t i = threadIdx.x; i < a.in_features; i += blockDim.x) row[i] *= s;
+    if (threadIdx.x == 0) {
+      const double b = a.beta ? double(a.beta[o]) : 0.0;
+      const double shift = b - double(a.running_mean[o]) * scale;
+      const double bias = a.bias_in ? double(a.bias_in[o]) : 0.0;
+      a.bias_out[o] = float(bias * scale + shift);
+    }
+  }
+}
+
 }  // namespace
+
+cudaError_t fold_into_linear(const FoldArgs& a, cudaStream_t stream) {
+  const unsigned blocks = unsigned(a.out_features < 65535 ? a.out_features : 65535);
+  BNORM_LAUNCH(fold_linear, blocks, kApplyThreads, 0, stream, a);
+  return cudaGetLastError();
+}
 
 cudaError_t forward_inference(const InferenceArgs& a, cudaStream_t stream) {
   return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     const Tensor& t = a.t;
     const bool major = t.order == Order::ChannelMajor;
-    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y});
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y, a.ep.residual});
+    if (a.ep.mask) {
+      const cudaError_t e = cudaMemsetAsync(a.ep.mask, 0, a.ep.mask_bytes, stream);
+      if (e != cudaSuccess) return e;
+    }
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
-      const InferenceOp<T, N> op{static_cast<const T*>(a.x), static_cast<T*>(a.y), a.gamma,
-                                 a.beta, a.running_mean, a.running_var, a.eps};
+      const InferenceOp<T, N> op{static_cast<const T*>(a.x),
+                                 static_cast<T*>(a.y),
+                                 a.gamma,
+                                 a.beta,
+                                 a.running_mean,
+                                 a.running_var,
+                                 a.eps,
+                                 static_cast<const T*>(a.ep.residual),
+                                 a.ep.mask,
+                                 a.ep.kind != 0};
       launch_apply<N>(op, t, a.plan, stream);
       return cudaGetLastError();
     });

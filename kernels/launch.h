@@ -107,10 +107,22 @@ struct BackwardWorkspace {
   }
 };
 
+// The fused epilogue's arguments (epilogue.cuh): z, dz and the mask are
+// tensors / bitmaps of the same element order as x.
+struct EpilogueArgs {
+  int kind;              // 0 none, 1 ReLU, 2 add + ReLU (Epilogue)
+  const void* residual;  // z: forward ADD_RELU
+  void* residual_grad;   // dz: backward ADD_RELU
+  uint32_t* mask;        // forward: written (zeroed by the launcher); backward: read
+  size_t mask_bytes;     // 4 * ceil(numel / 32)
+};
+inline size_t relu_mask_bytes(int64_t numel) { return size_t((numel + 31) / 32) * 4; }
+
 // ---- forward training ----------------------------------------------------------------
 struct ForwardTrainingArgs {
   Tensor t;
   ReducePlan plan;
+  EpilogueArgs ep;
   const void* x;
   void* y;  // NULL: statistics only (backward's recomputation)
   const float* gamma;
@@ -131,6 +143,7 @@ cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t str
 struct InferenceArgs {
   Tensor t;
   ReducePlan plan;
+  EpilogueArgs ep;  // mask optional
   const void* x;
   void* y;
   const float* gamma;
@@ -153,10 +166,24 @@ struct ScaleShiftArgs {
 };
 cudaError_t inference_scale_shift(const ScaleShiftArgs& a, cudaStream_t stream);
 
+struct FoldArgs {
+  int64_t out_features, in_features;
+  const float* gamma;
+  const float* beta;
+  const float* running_mean;
+  const float* running_var;
+  double eps;
+  float* weight;
+  const float* bias_in;
+  float* bias_out;
+};
+cudaError_t fold_into_linear(const FoldArgs& a, cudaStream_t stream);
+
 // ---- backward --------------------------------------------------------------------------
 struct BackwardArgs {
   Tensor t;
   ReducePlan plan;
+  EpilogueArgs ep;
   const void* x;
   const void* dy;
   void* dx;

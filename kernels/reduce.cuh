@@ -44,8 +44,9 @@ __device__ __forceinline__ void add_tile(Welford& s, const float (&v)[K], int co
 #pragma unroll
   for (int k = 0; k < K; ++k)
     if (k < count) sum += v[k];
-  // A full tile divides by the power of two K: an exact multiply.
-  const float mean = count == K ? sum * (1.0f / K) : sum / static_cast<float>(count);
+  // A full tile divides by the power of two K: an exact multiply. A partial
+  // one needs no correctly rounded quotient (see merge).
+  const float mean = count == K ? sum * (1.0f / K) : __fdividef(sum, static_cast<float>(count));
   float m2 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {

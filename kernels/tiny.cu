@@ -7,9 +7,11 @@
 //   backward: (statistics if not saved,) the two gradient sums, lane 0
 //             finishes them, the warp writes dx.
 // Every lane reads each value it later writes, so y == x and dx == dy or x
-// are safe. Used where m and n * c * spatial are small (host/plan.cpp) or when
+// are safe. The fused epilogue (epilogue.cuh) is applied as in the other
+// paths, one bit at a time. Used where m and n * c * spatial are small (host/plan.cpp) or when
 // the caller asks for BNORM_PATH_SINGLE_BLOCK.
 #include "dtype.cuh"
+#include "epilogue.cuh"
 #include "finalize.cuh"
 #include "frozen.cuh"
 #include "launch.h"
@@ -26,14 +28,15 @@ constexpr int kTinyThreads = 256;  // 255 registers a thread: the double finish 
 // 32 * kTinyChunk = 256, as the automatic choice guarantees, is one chunk).
 constexpr int kTinyChunk = 8;
 
-// Value j (0 <= j < m) of channel ch.
+// Value j (0 <= j < m) of channel ch. The single-block path runs only for
+// m < 2^32 (host/plan.cpp), so a 32-bit division finds the sample (a 64-bit
+// one is a call, around which ptxas spills).
 struct ChannelIndex {
   int64_t c, spatial;
   bool major;
-  bool narrow;  // m < 2^32: a 32-bit division finds the sample
   __device__ __forceinline__ int64_t operator()(int64_t ch, int64_t j) const {
     if (!major) return j * c + ch;
-    const int64_t q = narrow ? int64_t(uint32_t(j) / uint32_t(spatial)) : j / spatial;
+    const int64_t q = int64_t(uint32_t(j) / uint32_t(spatial));
     return (q * c + ch) * spatial + (j - q * spatial);
   }
 };
@@ -63,6 +66,15 @@ __device__ __forceinline__ int load_chunk(const T* p, const ChannelIndex& at, in
   return count;
 }
 
+// Zeroes the gradients of a chunk whose ReLU was closed.
+__device__ __forceinline__ void mask_chunk(const uint32_t* mask, int count,
+                                           const int64_t (&o)[kTinyChunk],
+                                           float (&g)[kTinyChunk]) {
+#pragma unroll
+  for (int k = 0; k < kTinyChunk; ++k)
+    if (k < count && !((mask[o[k] / 32] >> unsigned(o[k] % 32)) & 1u)) g[k] = 0.0f;
+}
+
 // The statistics of channel ch of x: every lane returns the same Affine;
 // lane 0 has written the outputs p names.
 template <class T>
@@ -88,8 +100,9 @@ __device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
 }
 
 template <class T>
-__global__ void __launch_bounds__(kTinyThreads)
-    tiny_forward(const T* x, T* y, ChannelIndex at, StatsParams p) {
+__global__ void __launch_bounds__(kTinyThreads, 1)
+    tiny_forward(const T* x, T* y, ChannelIndex at, StatsParams p, EpilogueArgs ep) {
+  const T* z = static_cast<const T*>(ep.residual);
   const unsigned warps = blockDim.x / 32;
   const double f = average_factor(p);  // every thread reads it before the barrier below
   for (int64_t ch = threadIdx.x / 32; ch < p.c; ch += warps) {
@@ -100,9 +113,19 @@ __global__ void __launch_bounds__(kTinyThreads)
       float v[kTinyChunk];
       int64_t o[kTinyChunk];
       const int count = load_chunk(x, at, ch, j0, p.m, v, o);
+      float zv[kTinyChunk] = {};
+      if (z) load_chunk(z, at, ch, j0, p.m, zv, o);
 #pragma unroll
-      for (int k = 0; k < kTinyChunk; ++k)
-        if (k < count) y[o[k]] = from_float<T>(fmaf(a.scale, v[k] - a.pivot, a.shift));
+      for (int k = 0; k < kTinyChunk; ++k) {
+        if (k < count) {
+          float out = fmaf(a.scale, v[k] - a.pivot, a.shift) + zv[k];
+          if (ep.kind != 0) {
+            out = relu(out);
+            if (ep.mask && out > 0.0f) atomicOr(ep.mask + o[k] / 32, 1u << unsigned(o[k] % 32));
+          }
+          y[o[k]] = from_float<T>(out);
+        }
+      }
     }
   }
   __syncthreads();
@@ -112,9 +135,10 @@ __global__ void __launch_bounds__(kTinyThreads)
 // sp: statistics to recompute (sp.ws_mean/ws_rstd receive them) when the
 // caller saved none; g.mean/g.stat then point at those arrays.
 template <class T>
-__global__ void __launch_bounds__(kTinyThreads)
+__global__ void __launch_bounds__(kTinyThreads, 1)
     tiny_backward(const T* x, const T* dy, T* dx, ChannelIndex at, GradParams g, StatsParams sp,
-                  bool recompute) {
+                  bool recompute, EpilogueArgs ep) {
+  T* dz = static_cast<T*>(ep.residual_grad);
   const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t ch = threadIdx.x / 32; ch < g.c; ch += warps) {
     if (recompute) {
@@ -131,6 +155,7 @@ __global__ void __launch_bounds__(kTinyThreads)
         int64_t o[kTinyChunk];
         const int count = load_chunk(dy, at, ch, j0, g.m, gv, o);
         load_chunk(x, at, ch, j0, g.m, xv, o);
+        if (ep.mask) mask_chunk(ep.mask, count, o, gv);
 #pragma unroll
         for (int u = 0; u < kTinyChunk; ++u) {
           if (u < count) {
@@ -150,11 +175,13 @@ __global__ void __launch_bounds__(kTinyThreads)
       int64_t o[kTinyChunk];
       const int count = load_chunk(dy, at, ch, j0, g.m, gv, o);
       if (!g.frozen) load_chunk(x, at, ch, j0, g.m, xv, o);
+      if (ep.mask) mask_chunk(ep.mask, count, o, gv);
 #pragma unroll
       for (int u = 0; u < kTinyChunk; ++u) {
         if (u < count) {
           const float d = g.frozen ? frozen_a * gv[u]
                                    : k.a * ((gv[u] - k.mdy) - (xv[u] - k.mean) * k.k);
+          if (dz) dz[o[u]] = from_float<T>(gv[u]);
           dx[o[u]] = from_float<T>(d);
         }
       }
@@ -163,8 +190,7 @@ __global__ void __launch_bounds__(kTinyThreads)
 }
 
 ChannelIndex index_of(const Tensor& t) {
-  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor,
-                      t.m() < (int64_t(1) << 32)};
+  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor};
 }
 
 }  // namespace
@@ -173,8 +199,12 @@ cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t str
   return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
     using T = decltype(tag);
     const StatsParams p = stats_params(a);
+    if (a.ep.mask) {
+      const cudaError_t e = cudaMemsetAsync(a.ep.mask, 0, a.ep.mask_bytes, stream);
+      if (e != cudaSuccess) return e;
+    }
     BNORM_LAUNCH((tiny_forward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
-                 static_cast<T*>(a.y), index_of(a.t), p);
+                 static_cast<T*>(a.y), index_of(a.t), p, a.ep);
     return cudaGetLastError();
   });
 }
@@ -209,7 +239,7 @@ cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream) {
     }
     BNORM_LAUNCH((tiny_backward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
                  static_cast<const T*>(a.dy), static_cast<T*>(a.dx), index_of(a.t), g, sp,
-                 recompute);
+                 recompute, a.ep);
     return cudaGetLastError();
   });
 }

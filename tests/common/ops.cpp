@@ -48,9 +48,22 @@ TrainResult forward_training(bnormHandle_t h, const Case& k, const bnormConfig_t
   DeviceBuffer ws = poisoned(ws_bytes);
   DeviceBuffer step(sizeof(int64_t));
   if (r.step) step.upload(r.step, sizeof(int64_t));
+  bnormConfig_t fcfg = cfg;
+  DeviceBuffer z, mask;
+  if (cfg.epilogue != BNORM_EPILOGUE_NONE) {
+    size_t mask_bytes = 0;
+    EXPECT_EQ(bnormGetReluMaskSize(h, &d, &mask_bytes), BNORM_STATUS_SUCCESS);
+    mask = poisoned(mask_bytes);
+    fcfg.relu_mask = mask.get();
+    fcfg.relu_mask_bytes = mask_bytes;
+    if (cfg.epilogue == BNORM_EPILOGUE_ADD_RELU) {
+      z = upload_tensor(r.z, k.dtype);
+      fcfg.residual = z.get();
+    }
+  }
 
   void* y_ptr = r.in_place ? x.get() : y.get();
-  out.status = bnormForwardTraining(h, nullptr, &d, &cfg, x.get(), y_ptr, f32_or_null(gamma),
+  out.status = bnormForwardTraining(h, nullptr, &d, &fcfg, x.get(), y_ptr, f32_or_null(gamma),
                                     f32_or_null(beta), f32_or_null(rm), f32_or_null(rv),
                                     r.step ? static_cast<int64_t*>(step.get()) : nullptr,
                                     f32_or_null(sm), f32_or_null(sr), ws.get(), ws_bytes);
@@ -60,6 +73,11 @@ TrainResult forward_training(bnormHandle_t h, const Case& k, const bnormConfig_t
   if (sr.bytes()) out.saved_rstd = sr.download_f32();
   if (rm.bytes()) out.running_mean = rm.download_f32();
   if (rv.bytes()) out.running_var = rv.download_f32();
+  if (mask.bytes()) {
+    const std::vector<uint8_t> b = mask.download();
+    out.mask.resize(b.size() / 4);
+    std::memcpy(out.mask.data(), b.data(), b.size());
+  }
   if (r.step) {
     std::vector<uint8_t> b = step.download();
     std::memcpy(r.step, b.data(), sizeof(int64_t));
@@ -105,12 +123,25 @@ BackwardResult backward(bnormHandle_t h, const Case& k, const bnormConfig_t& cfg
   const DeviceBuffer& dx_buf = r.alias == BackwardRequest::kDxIsDy  ? dy
                                : r.alias == BackwardRequest::kDxIsX ? x
                                                                     : dx;
+  bnormConfig_t c = cfg;
+  DeviceBuffer mask, dz;
+  if (cfg.epilogue != BNORM_EPILOGUE_NONE) {
+    mask = DeviceBuffer(r.mask.size() * 4);
+    mask.upload(r.mask.data(), r.mask.size() * 4);
+    c.relu_mask = mask.get();
+    c.relu_mask_bytes = mask.bytes();
+    if (cfg.epilogue == BNORM_EPILOGUE_ADD_RELU) {
+      dz = poisoned(x.bytes());
+      c.residual_grad = dz.get();
+    }
+  }
   const auto call = frozen ? bnormBackwardFrozen : bnormBackward;
-  out.status = call(h, nullptr, &d, &cfg, x.get(), dy.get(), dx_buf.get(), f32_or_null(gamma),
+  out.status = call(h, nullptr, &d, &c, x.get(), dy.get(), dx_buf.get(), f32_or_null(gamma),
                     f32_or_null(mean), f32_or_null(stat), f32_or_null(dgamma),
                     f32_or_null(dbeta), ws.get(), ws_bytes);
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   out.dx = decode(dx_buf.download(), k.dtype);
+  if (dz.bytes()) out.dz = decode(dz.download(), k.dtype);
   if (dgamma.bytes()) out.dgamma = dgamma.download_f32();
   if (dbeta.bytes()) out.dbeta = dbeta.download_f32();
   return out;

@@ -23,12 +23,15 @@ struct TrainRequest {
   bool save_stats = true;
   bool in_place = false;      // y == x
   int64_t* step = nullptr;    // host value of the step counter, in and out
+  // Fused epilogue: cfg.epilogue decides; z is the residual (ADD_RELU).
+  std::vector<double> z;      // rounded to the case's dtype
 };
 
 struct TrainResult {
   bnormStatus_t status = BNORM_STATUS_SUCCESS;
   std::vector<double> y;
   std::vector<float> saved_mean, saved_rstd, running_mean, running_var;
+  std::vector<uint32_t> mask;  // with an epilogue
 };
 
 TrainResult forward_training(bnormHandle_t h, const Case& k, const bnormConfig_t& cfg,
@@ -52,11 +55,13 @@ struct BackwardRequest {
   std::vector<double> mean, stat;
   bool want_param_grads = true;
   enum { kSeparate, kDxIsDy, kDxIsX } alias = kSeparate;
+  std::vector<uint32_t> mask;  // with an epilogue (cfg.epilogue)
 };
 
 struct BackwardResult {
   bnormStatus_t status = BNORM_STATUS_SUCCESS;
   std::vector<double> dx;
+  std::vector<double> dz;  // ADD_RELU
   std::vector<float> dgamma, dbeta;
 };
 

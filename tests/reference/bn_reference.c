@@ -207,3 +207,21 @@ void bnref_backward_frozen(const bnref_shape* sh, const double* x, const double*
       }
   }
 }
+
+/* ReLU after an optional residual add: the one nonlinearity of the fused
+ * epilogue, and the set of elements through which gradient flows. */
+void bnref_add_relu(int64_t n, const double* y, const double* z, double* out,
+                    unsigned char* positive) {
+  int64_t i;
+  for (i = 0; i < n; ++i) {
+    const double v = y[i] + (z ? z[i] : 0.0);
+    out[i] = v > 0.0 ? v : 0.0;
+    if (positive) positive[i] = (unsigned char)(v > 0.0);
+  }
+}
+
+/* d relu(v) / dv is 1 where v > 0 and 0 elsewhere (0 at v == 0, as PyTorch). */
+void bnref_relu_backward(int64_t n, const double* dy, const unsigned char* positive, double* g) {
+  int64_t i;
+  for (i = 0; i < n; ++i) g[i] = positive[i] ? dy[i] : 0.0;
+}

@@ -62,6 +62,15 @@ void bnref_backward_frozen(const bnref_shape* sh, const double* x, const double*
                            const double* running_var, double eps, double* dx, double* dgamma,
                            double* dbeta);
 
+/* The fused epilogue: out = max(y + z, 0) elementwise over n values (z NULL:
+ * max(y, 0)); positive[i] = 1 where y + z > 0 (positive may be NULL). */
+void bnref_add_relu(int64_t n, const double* y, const double* z, double* out,
+                    unsigned char* positive);
+
+/* The epilogue's gradient: g = dy where positive, else 0 (also dz for the
+ * add). */
+void bnref_relu_backward(int64_t n, const double* dy, const unsigned char* positive, double* g);
+
 #ifdef __cplusplus
 }
 #endif

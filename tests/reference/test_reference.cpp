@@ -380,6 +380,45 @@ TEST_P(ReferenceGradP, FrozenBackwardMatchesFiniteDifferences) {
   ExpectMatchesFiniteDifferences("dbeta", beta_, dbeta, loss);
 }
 
+// Through the fused epilogue: L = sum w * relu(bn(x) + z). The gradient
+// reaching bn is w where the pre-activation is positive (bnref_relu_backward),
+// and dL/dz is that same masked gradient. z is nudged so that no
+// pre-activation sits within 0.05 of the kink, where a finite difference of
+// step 1e-5 would straddle it.
+TEST_P(ReferenceGradP, AddReluEpilogueMatchesFiniteDifferences) {
+  const int64_t n = bnref_numel(&sh_);
+  std::mt19937_64 rng(77);
+  Vec z = Normal(rng, n), y(x_.size()), pre(x_.size()), out(x_.size());
+  bnref_forward_training(&sh_, x_.data(), gamma_.data(), beta_.data(), eps_, y.data(), nullptr,
+                         nullptr, nullptr);
+  for (int64_t i = 0; i < n; ++i) {
+    const double v = y[i] + z[i];
+    if (std::fabs(v) < 0.05) z[i] += v < 0 ? -0.1 : 0.1;
+  }
+  auto loss = [&] {
+    bnref_forward_training(&sh_, x_.data(), gamma_.data(), beta_.data(), eps_, y.data(), nullptr,
+                           nullptr, nullptr);
+    bnref_add_relu(n, y.data(), z.data(), out.data(), nullptr);
+    return Dot(out);
+  };
+  std::vector<unsigned char> positive(static_cast<size_t>(n));
+  bnref_add_relu(n, y.data(), z.data(), out.data(), positive.data());
+  size_t open = 0;
+  for (unsigned char p : positive) open += p;
+  ASSERT_GT(open, 0u);
+  ASSERT_LT(open, positive.size()) << "the ReLU must close somewhere for the test to mean anything";
+  Vec g(x_.size()), mean(gamma_.size()), rstd(gamma_.size()), dx(x_.size()),
+      dgamma(gamma_.size()), dbeta(gamma_.size());
+  bnref_relu_backward(n, w_.data(), positive.data(), g.data());
+  bnref_batch_stats(&sh_, x_.data(), eps_, mean.data(), nullptr, rstd.data());
+  bnref_backward(&sh_, x_.data(), g.data(), gamma_.data(), mean.data(), rstd.data(), dx.data(),
+                 dgamma.data(), dbeta.data());
+  ExpectMatchesFiniteDifferences("dx", x_, dx, loss);
+  ExpectMatchesFiniteDifferences("dz", z, g, loss);
+  ExpectMatchesFiniteDifferences("dgamma", gamma_, dgamma, loss);
+  ExpectMatchesFiniteDifferences("dbeta", beta_, dbeta, loss);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, ReferenceGradP,
                          ::testing::Values(GradCase{BNREF_NCHW, 3, 2, 5},
                                            GradCase{BNREF_NHWC, 3, 2, 5},

@@ -32,8 +32,12 @@ __device__ __forceinline__ unsigned mask_bits(const uint32_t* mask, int64_t o) {
 template <int N>
 __device__ __forceinline__ void set_mask_bits(uint32_t* mask, int64_t o, const float (&out)[N]) {
   unsigned bits = 0;
+  // A branch, not `bits |= (out[i] > 0 ? 1u : 0u) << i`: GCC 12 with
+  // -fsanitize=undefined miscompiles that form (the loop index reads
+  // garbage), which the sanitized emulator build would hide behind.
 #pragma unroll
-  for (int i = 0; i < N; ++i) bits |= (out[i] > 0.0f ? 1u : 0u) << i;
+  for (int i = 0; i < N; ++i)
+    if (out[i] > 0.0f) bits |= 1u << i;
   if (bits) atomicOr(mask + o / 32, bits << unsigned(o % 32));
 }
 

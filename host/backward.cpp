@@ -64,7 +64,7 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
                     {r.workspace, ws_used, "workspace", true},
                     {cfg.relu_mask, k::relu_mask_bytes(numel), "config->relu_mask", false},
                     {cfg.residual_grad, bytes, "config->residual_grad", true}},
-                   {{"dx", "dy"}, {"dx", "x"}});
+                   {{"dx", "dy"}, {"dx", "x"}, {"config->residual_grad", "dy"}});
   if (!check.ok()) return check.status();
 
   const int64_t m = desc->n * desc->spatial;

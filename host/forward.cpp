@@ -82,7 +82,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
                     {workspace, ws_used, "workspace", true},
                     {cfg.residual, bytes, "config->residual", false},
                     {cfg.relu_mask, mask_bytes, "config->relu_mask", true}},
-                   {{"y", "x"}});
+                   {{"y", "x"}, {"y", "config->residual"}});
   if (!check.ok()) return check.status();
 
   const int64_t m = desc->n * desc->spatial;

@@ -37,7 +37,7 @@ bnormStatus_t bnormForwardInference(bnormHandle_t handle, cudaStream_t stream,
                     {running_var, cb, "running_var", false},
                     {cfg.residual, bytes, "config->residual", false},
                     {cfg.relu_mask, k::relu_mask_bytes(numel), "config->relu_mask", true}},
-                   {{"y", "x"}});
+                   {{"y", "x"}, {"y", "config->residual"}});
   if (!check.ok()) return check.status();
   if (bytes == 0) return BNORM_STATUS_SUCCESS;
 

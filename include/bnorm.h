@@ -199,7 +199,12 @@ typedef struct {
    *  - backward and frozen backward: read the mask (required), apply the
    *    ReLU's gradient to dy, and for ADD_RELU write dz = the masked dy to
    *    residual_grad (required), before the batch-norm backward proper.
-   * None of them may overlap the call's other arguments. */
+   * Each call ignores the fields that are not its own, so one config serves
+   * a forward and its backward. The mask must live from the training
+   * forward to the backward (like cuDNN's reserve space): the backward
+   * cannot recover the ReLU's decisions from y. In place: y may be the
+   * residual (y == z, the shortcut is dead after the add) and dz may be dy;
+   * no other overlap with the call's arguments is allowed. */
   bnormEpilogue_t epilogue;          /* Default BNORM_EPILOGUE_NONE */
   const void* residual;              /* z (ADD_RELU forward) */
   void* residual_grad;               /* dz (ADD_RELU backward) */

@@ -184,6 +184,54 @@ TEST_P(Fused, FrozenBackwardMasksTheGradient) {
 
 INSTANTIATE_TEST_SUITE_P(Standard, Fused, ::testing::ValuesIn(fused_cases()), fused_name);
 
+// In place: y over the residual (forward), dz over dy (backward), bitwise
+// the same results as separate buffers.
+class FusedInPlace : public ::testing::TestWithParam<Case> {};
+
+TEST_P(FusedInPlace, YOverResidualAndDzOverDy) {
+  BT_REQUIRE_DEVICE();
+  const Case k = GetParam();
+  const bnormTensorDesc_t d = k.desc();
+  bt::Handle h;
+  const std::vector<double> x = bt::random_activations(k, 91), z = bt::random_activations(k, 92, -1.0, 1.0);
+  const std::vector<double> dy = bt::random_activations(k, 93, -0.5, 0.5);
+  size_t fws = 0, bws = 0, mb = 0;
+  BT_OK(bnormGetForwardTrainingWorkspaceSize(h, &d, nullptr, &fws));
+  BT_OK(bnormGetBackwardWorkspaceSize(h, &d, nullptr, &bws));
+  BT_OK(bnormGetReluMaskSize(h, &d, &mb));
+  bt::DeviceBuffer xb = bt::upload_tensor(x, k.dtype), ws(fws > bws ? fws : bws), mask(mb);
+  bt::DeviceBuffer sm(size_t(k.s.c) * 4), sr(size_t(k.s.c) * 4);
+  std::vector<uint8_t> y_sep, y_inp, dx_sep, dx_inp, dz_sep, dz_inp;
+  for (bool in_place : {false, true}) {
+    bt::DeviceBuffer zb = bt::upload_tensor(z, k.dtype), yb(xb.bytes());
+    bt::DeviceBuffer dyb = bt::upload_tensor(dy, k.dtype), dxb(xb.bytes()), dzb(xb.bytes());
+    yb.poison();
+    dxb.poison();
+    dzb.poison();
+    bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
+    cfg.epilogue = BNORM_EPILOGUE_ADD_RELU;
+    cfg.residual = zb.get();
+    cfg.relu_mask = mask.get();
+    cfg.relu_mask_bytes = mb;
+    cfg.residual_grad = in_place ? dyb.get() : dzb.get();
+    void* y = in_place ? zb.get() : yb.get();
+    BT_OK(bnormForwardTraining(h, nullptr, &d, &cfg, xb.get(), y, nullptr, nullptr, nullptr, nullptr,
+                               nullptr, sm.f32(), sr.f32(), ws.get(), ws.bytes()));
+    BT_OK(bnormBackward(h, nullptr, &d, &cfg, xb.get(), dyb.get(), dxb.get(), nullptr, sm.f32(),
+                        sr.f32(), nullptr, nullptr, ws.get(), ws.bytes()));
+    BT_CUDA(cudaDeviceSynchronize());
+    (in_place ? y_inp : y_sep) = (in_place ? zb : yb).download();
+    (in_place ? dx_inp : dx_sep) = dxb.download();
+    (in_place ? dz_inp : dz_sep) = (in_place ? dyb : dzb).download();
+  }
+  EXPECT_EQ(y_inp, y_sep) << "y written over z";
+  EXPECT_EQ(dx_inp, dx_sep) << "dx with dz over dy";
+  EXPECT_EQ(dz_inp, dz_sep) << "dz written over dy";
+}
+
+INSTANTIATE_TEST_SUITE_P(Standard, FusedInPlace, ::testing::ValuesIn(bt::standard_cases()),
+                         bt::CaseName());
+
 // Inference with the epilogue: y = relu(inference(x) + z); the mask is
 // optional and, when given, the same decisions.
 class FusedInference : public ::testing::TestWithParam<FusedParam> {};

@@ -134,7 +134,9 @@ class BnormError(RuntimeError):
         self.status = status
         self.status_string = status_string
         self.message = message
-        text = "%s failed with %s (%d): %s" % (call, status_string, status, message or "(no message)")
+        # bnorm's message names the call and the argument; the status string
+        # names the status and what it means.
+        text = "%s (status %d, %s)" % (message or "%s failed" % call, status, status_string)
         super().__init__(text if prefix is None else "%s (%s)" % (prefix, text))
 
 

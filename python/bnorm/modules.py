@@ -8,6 +8,7 @@ between the two. Only forward differs: it calls bnorm.
 
 import torch
 
+from ._ffi import BatchTooSmallError
 from .functional import batch_norm, describe
 
 
@@ -23,16 +24,18 @@ class _BnormBatchNorm:
         self._check_input_dim(input)
 
         # As torch: num_batches_tracked counts every training call (the empty
-        # batch and the too-small one that raises included), and momentum=None
-        # averages the batch statistics cumulatively: f = 1 / num_batches_tracked
+        # batch, and the batch of one that raises, included), and momentum=None
+        # averages the batch statistics cumulatively with f = 1 / num_batches_tracked
         # after the increment. bnorm's cumulative mode computes the same
         # f = 1 / (1 + t) from the counter before its increment, and increments
-        # the counter itself, on the device; it does so only when it updates
-        # the running statistics (n * spatial >= 2). Otherwise the increment is
-        # done here, before the call, where torch does it.
+        # the counter itself, on the device, when it updates the running
+        # statistics (n * spatial >= 2). Every other training call is counted
+        # here, after the call: a call bnorm refuses changes nothing, except
+        # the batch of one, which torch counts although it raises.
         training_tracked = self.training and self.track_running_stats
         momentum = self.momentum
         step_count = None
+        count_here = False
         if training_tracked:
             if self.num_batches_tracked is None:
                 if momentum is None:
@@ -40,28 +43,35 @@ class _BnormBatchNorm:
             elif momentum is None and self.running_mean is not None and self._updates(input):
                 step_count = self.num_batches_tracked  # bnorm reads and increments it
             else:
-                self.num_batches_tracked.add_(1)
+                count_here = True
         if momentum is None and step_count is None:
-            momentum = 0.0  # cumulative mode without a counter update: the statistics are
-            #                 not updated in this call, the factor is unused
+            momentum = 0.0  # the running statistics are not updated by this call
 
         if self.training:
             bn_training = True
         else:
             bn_training = (self.running_mean is None) and (self.running_var is None)
         use_buffers = not self.training or self.track_running_stats
-        return batch_norm(
-            input,
-            self.running_mean if use_buffers else None,
-            self.running_var if use_buffers else None,
-            self.weight,
-            self.bias,
-            bn_training,
-            momentum,
-            self.eps,
-            step_count=step_count,
-            path=self.bnorm_path,
-        )
+        try:
+            y = batch_norm(
+                input,
+                self.running_mean if use_buffers else None,
+                self.running_var if use_buffers else None,
+                self.weight,
+                self.bias,
+                bn_training,
+                momentum,
+                self.eps,
+                step_count=step_count,
+                path=self.bnorm_path,
+            )
+        except BatchTooSmallError:
+            if count_here:
+                self.num_batches_tracked.add_(1)
+            raise
+        if count_here:
+            self.num_batches_tracked.add_(1)
+        return y
 
     @staticmethod
     def _updates(input):

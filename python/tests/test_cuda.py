@@ -6,7 +6,6 @@ counter advances on the device, so replays count)."""
 import pytest
 import torch
 
-import bnorm
 from conftest import NO_CUDA
 from helpers import (assert_act_close, assert_buffers_match, assert_sum_close, batch_stats,
                      channel_sum, make_x, pair, xhat)

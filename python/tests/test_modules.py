@@ -120,13 +120,18 @@ def test_momentum_zero_keeps_running_stats(device):
 
 
 def test_output_and_gradient_keep_the_layout(device):
-    mod = bnorm.BatchNorm2d(4, device=device)
+    mod, ref = pair(2, device, num_features=4)
     x = make_x((3, 4, 5, 5), torch.float32, "nhwc", device).requires_grad_(True)
+    xr = x.detach().double().requires_grad_(True)
     y = mod(x)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    # A gradient in another layout (here contiguous) is rearranged, not refused.
-    y.backward(torch.randn(y.shape, device=device).contiguous())
+    # A gradient in another layout (here contiguous) is rearranged, not refused
+    # or misread.
+    dy = torch.randn(y.shape, device=device).contiguous()
+    y.backward(dy)
+    ref(xr).backward(dy.double())
     assert x.grad.stride() == x.stride()
+    assert_act_close(x.grad, xr.grad, torch.float32, "dx from a contiguous dy")
 
 
 def test_backward_with_a_broadcast_gradient(device):

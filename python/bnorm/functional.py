@@ -284,8 +284,10 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
     training=True normalizes with the batch statistics and, when
     running_mean/running_var are given, updates them: with factor `momentum`,
     or, when momentum is None, as a cumulative average with f = 1/(1 + t)
-    where t is the int64 tensor `step_count`, which bnorm then increments (on
-    the device; nn.BatchNorm's num_batches_tracked, see modules.py).
+    where t is the int64 tensor `step_count`, which bnorm then increments on
+    the device (nn.BatchNorm's num_batches_tracked, see modules.py) when it
+    updates the statistics, that is when n * spatial >= 2 (an empty batch is a
+    no-op; a batch of one raises).
     training=False normalizes with running_mean/running_var (required).
 
     input: (N, C, *spatial), float32/float16/bfloat16, contiguous or

@@ -11,12 +11,14 @@
 #      compute capability for BNORM_CUDA_ARCHITECTURES.
 #   2. configure + build (-DBNORM_BUILD_TESTS=ON) in BUILD_DIR (default
 #      build-gpu); with --no-build an existing build there is used as is.
-#   3. ctest -L gpu --output-on-failure.
+#   3. ctest -L gpu --output-on-failure; then the Python binding's pytest
+#      suite (python/tests) with $PYTHON's torch, CUDA variants included.
 #   4. compute-sanitizer memcheck, racecheck, synccheck, initcheck over a few
 #      GPU test programs, each on a few small cases (bnorm's kernels only).
 #   5. bnorm-bench (the full suite, or --quick), CSV in
 #      bench/results/<date>-<card>.csv (<date>-<card>-quick.csv with --quick).
-#   6. bench/torch_bench.py on the same cases, CSV beside it (-torch.csv).
+#   6. bench/torch_bench.py on the same cases, CSV beside it (-torch.csv),
+#      with bnorm timed through the Python binding beside torch (--bnorm).
 # Logs go to ${OUT:-/tmp}/gpu-check/.
 set -euo pipefail
 
@@ -251,6 +253,19 @@ run_ctest() {
 }
 step "ctest -L gpu" "$LOG_DIR/ctest-gpu.log" run_ctest
 
+# The Python binding's tests (python/tests) with $PYTHON's torch: their CUDA
+# variants run here (ctest's emu.python runs Debian's CPU-only torch).
+run_pytests() {
+  LD_LIBRARY_PATH=$ORIG_LD_LIBRARY_PATH \
+    "$PYTHON" -c 'import torch, pytest; assert torch.cuda.is_available()' 2>/dev/null ||
+    { echo "$PYTHON has no PyTorch with CUDA, or no pytest: skipped"; return 77; }
+  [[ -f $BUILD_DIR/libbnorm.so ]] || { echo "no $BUILD_DIR/libbnorm.so"; return 1; }
+  cd "$ROOT"
+  LD_LIBRARY_PATH=$ORIG_LD_LIBRARY_PATH BNORM_LIBRARY_DIR=$BUILD_DIR PYTHONDONTWRITEBYTECODE=1 \
+    "$PYTHON" -m pytest -q -rs -p no:cacheprovider python/tests
+}
+step "python binding (pytest)" "$LOG_DIR/pytest.log" run_pytests
+
 # ---- 4. compute-sanitizer ------------------------------------------------------------------------
 # A handful of tests per program: small cases first (the standard shapes'
 # small ones), else the first few listed.
@@ -340,7 +355,9 @@ run_torch() {
   local args=(--csv "$TORCH_CSV")
   [[ $QUICK -eq 1 ]] && args+=(--quick)
   [[ -s $BENCH_CSV ]] && args+=(--cases-from "$BENCH_CSV" --merge-out "${BENCH_CSV%.csv}-merged.csv")
-  LD_LIBRARY_PATH=$ORIG_LD_LIBRARY_PATH PYTHONUNBUFFERED=1 \
+  # bnorm through the Python binding beside torch, when the build has it
+  [[ -f $BUILD_DIR/libbnorm.so ]] && args+=(--bnorm)
+  LD_LIBRARY_PATH=$ORIG_LD_LIBRARY_PATH PYTHONUNBUFFERED=1 BNORM_LIBRARY_DIR=$BUILD_DIR \
     "$PYTHON" "$ROOT/bench/torch_bench.py" "${args[@]}"
 }
 if [[ $SKIP_TORCH -eq 1 ]]; then

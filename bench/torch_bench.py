@@ -12,7 +12,12 @@ as nn.BatchNorm2d under autocast). Each run is timed with CUDA events after
 warm-up, with the L2 cache flushed before it (a 2x-L2 buffer written, not
 timed); the median is reported.
 
-Writes a CSV with columns op,layout,dtype,n,c,spatial,torch_us. With
+With --bnorm, bnorm is timed the same way beside it, through the Python
+binding (python/bnorm: bnorm.batch_norm, ctypes, autograd), so its times
+include what a PyTorch user pays: the binding's host work on every call.
+
+Writes a CSV with columns op,layout,dtype,n,c,spatial,torch_us (and
+bnorm_py_us with --bnorm). With
 --cases-from BNORM_CSV the cases and ops are those of a bnorm-bench CSV, and
 --merge-out PATH writes that CSV again with torch_us filled in.
 
@@ -98,6 +103,45 @@ def median(values):
     return v[k // 2] if k % 2 else 0.5 * (v[k // 2 - 1] + v[k // 2])
 
 
+def make_op(impl, op, x, w, b, rm, rv):
+    """(fn, state) timing `op` of `impl` ("torch": F.batch_norm, "bnorm": the
+    Python binding's bnorm.batch_norm, same arguments) on these tensors; state
+    holds what fn needs alive."""
+    import torch
+    import torch.nn.functional as F
+    if impl == "torch":
+        bn = F.batch_norm
+    else:
+        import bnorm
+        bn = bnorm.batch_norm
+    if op in ("fwd_train", "fwd_infer"):
+        training = op == "fwd_train"
+
+        def fn():
+            with torch.no_grad():
+                return bn(x, rm, rv, w, b, training, MOMENTUM, EPS)
+        return fn, None
+    xg = x.detach().requires_grad_(True)
+    wg = w.detach().requires_grad_(True)
+    bg = b.detach().requires_grad_(True)
+    y = bn(xg, rm, rv, wg, bg, True, MOMENTUM, EPS)
+    dy = torch.randn_like(y)
+
+    def fn():
+        return torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True)
+    return fn, (y, dy, xg, wg, bg)
+
+
+def import_bnorm():
+    """The binding from this checkout (python/), its libraries from
+    $BNORM_LIBRARY_DIR or build/."""
+    import os
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.insert(0, os.path.join(os.path.dirname(here), "python"))
+    import bnorm
+    return bnorm
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="a handful of cases")
@@ -108,6 +152,8 @@ def main():
     ap.add_argument("--csv", help="write the results here")
     ap.add_argument("--cases-from", help="take cases and ops from a bnorm-bench CSV")
     ap.add_argument("--merge-out", help="with --cases-from: that CSV with torch_us filled in")
+    ap.add_argument("--bnorm", action="store_true",
+                    help="also time bnorm through the Python binding (python/bnorm)")
     args = ap.parse_args()
 
     want_ops = [o for o in args.op.split(",") if o]
@@ -124,13 +170,20 @@ def main():
 
     try:
         import torch
-        import torch.nn.functional as F
     except ImportError as e:
         print("torch_bench: PyTorch is not installed (%s)" % e)
         return 77
     if not torch.cuda.is_available():
         print("torch_bench: no CUDA device")
         return 77
+    impls = ["torch"]
+    if args.bnorm:
+        try:
+            import_bnorm()
+        except ImportError as e:
+            print("torch_bench: the bnorm binding cannot be imported (%s)" % e, file=sys.stderr)
+            return 2
+        impls.append("bnorm")
 
     if args.cases_from:
         cases, ops_of = cases_from_csv(args.cases_from)
@@ -154,8 +207,13 @@ def main():
         props.name, torch.__version__, cudnn_v, l2 / 1048576.0))
     print("median of %d runs after warm-up, L2 flushed before each; GB/s on compulsory bytes\n"
           % args.reps)
-    print("%-32s %-9s %10s %10s" % ("case", "op", "torch_us", "GB/s"))
-    print("-" * 64)
+    if args.bnorm:
+        print("%-32s %-9s %10s %10s %12s %10s" % ("case", "op", "torch_us", "GB/s",
+                                                 "bnorm_py_us", "GB/s"))
+        print("-" * 88)
+    else:
+        print("%-32s %-9s %10s %10s" % ("case", "op", "torch_us", "GB/s"))
+        print("-" * 64)
 
     def timed(fn, footprint):
         warm, reps = reps_for(footprint, args.reps)
@@ -172,7 +230,8 @@ def main():
         torch.cuda.synchronize()
         return 1000.0 * median([s.elapsed_time(e) for s, e in zip(starts, ends)])
 
-    results = {}  # key -> us (None: n/a)
+    results = {}  # key -> torch's us (None: n/a)
+    bnorm_results = {}  # key -> bnorm's us through the binding (--bnorm)
     failures = 0
     for case in cases:
         n, c, s = case["n"], case["c"], case["spatial"]
@@ -193,48 +252,34 @@ def main():
             rm = torch.zeros(c, device=dev)
             rv = torch.ones(c, device=dev)
             for op in ops:
-                us = None
-                try:
-                    if op == "fwd_train":
-                        def fn():
-                            with torch.no_grad():
-                                return F.batch_norm(x, rm, rv, w, b, training=True,
-                                                    momentum=MOMENTUM, eps=EPS)
-                        us = timed(fn, 2 * tbytes)
-                    elif op == "fwd_infer":
-                        def fn():
-                            with torch.no_grad():
-                                return F.batch_norm(x, rm, rv, w, b, training=False,
-                                                    momentum=MOMENTUM, eps=EPS)
-                        us = timed(fn, 2 * tbytes)
-                    else:
-                        xg = x.detach().requires_grad_(True)
-                        wg = w.detach().requires_grad_(True)
-                        bg = b.detach().requires_grad_(True)
-                        y = F.batch_norm(xg, rm, rv, wg, bg, training=True,
-                                         momentum=MOMENTUM, eps=EPS)
-                        dy = torch.randn_like(y)
-
-                        def fn():
-                            return torch.autograd.grad(y, (xg, wg, bg), dy, retain_graph=True)
-                        us = timed(fn, 3 * tbytes)
-                        del y, dy, xg, wg, bg, fn
-                except torch.cuda.OutOfMemoryError as e:
-                    print("    -- %s %s: out of memory (%s)" % (case["name"], op,
-                                                               str(e).splitlines()[0]))
-                except RuntimeError as e:
-                    failures += 1
-                    print("    !! %s %s: %s" % (case["name"], op, str(e).splitlines()[0]))
-                results[key_of(op, case)] = us
                 nbytes = (3 if op == "bwd" else 2) * tbytes
-                print("%-32s %-9s %10s %10s" % (
-                    case["name"], op, "n/a" if us is None else "%.1f" % us,
-                    "n/a" if us is None else "%.0f" % (nbytes / (us * 1e3))))
+                cols = []
+                for impl in impls:
+                    us = None
+                    try:
+                        fn, state = make_op(impl, op, x, w, b, rm, rv)
+                        us = timed(fn, nbytes)
+                        del fn, state
+                    except torch.cuda.OutOfMemoryError as e:
+                        print("    -- %s %s %s: out of memory (%s)" % (
+                            case["name"], op, impl, str(e).splitlines()[0]))
+                    except (RuntimeError, ValueError) as e:  # bnorm's errors are both
+                        failures += 1
+                        print("    !! %s %s %s: %s" % (case["name"], op, impl,
+                                                     str(e).splitlines()[0]))
+                    (results if impl == "torch" else bnorm_results)[key_of(op, case)] = us
+                    cols += ["n/a" if us is None else "%.1f" % us,
+                             "n/a" if us is None else "%.0f" % (nbytes / (us * 1e3))]
+                widths = [10, 10, 12, 10]
+                print("%-32s %-9s" % (case["name"], op) + "".join(
+                    " %*s" % (wd, v) for wd, v in zip(widths, cols)))
                 sys.stdout.flush()
         except torch.cuda.OutOfMemoryError as e:
             print("    -- %s: out of memory (%s)" % (case["name"], str(e).splitlines()[0]))
             for op in ops:
                 results[key_of(op, case)] = None
+                if args.bnorm:
+                    bnorm_results[key_of(op, case)] = None
         finally:
             del tensors
             x = None
@@ -243,9 +288,14 @@ def main():
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             wr = csv.writer(f, lineterminator="\n")
-            wr.writerow(["op", "layout", "dtype", "n", "c", "spatial", "torch_us"])
+            wr.writerow(["op", "layout", "dtype", "n", "c", "spatial", "torch_us"] +
+                        (["bnorm_py_us"] if args.bnorm else []))
             for k, us in results.items():
-                wr.writerow(list(k) + ["" if us is None else "%.3f" % us])
+                row = list(k) + ["" if us is None else "%.3f" % us]
+                if args.bnorm:
+                    bus = bnorm_results.get(k)
+                    row.append("" if bus is None else "%.3f" % bus)
+                wr.writerow(row)
         print("\nCSV: %s" % args.csv)
 
     if args.cases_from:

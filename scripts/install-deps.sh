@@ -9,9 +9,13 @@
 #   g++, make             host code, the emulator, the tests
 #   libgtest-dev          GoogleTest: the test suites
 #   libboost-context-dev  Boost.Context fibers: the CPU SIMT emulator
+#   python3-torch         PyTorch for Debian's /usr/bin/python3: the Python
+#                         binding (python/) is tested against torch.nn.BatchNorm
+#                         (ctest emu.python; large: about 800 MB with its deps)
+#   python3-pytest        runs those tests
 set -euo pipefail
 
-packages=(cmake g++ make libgtest-dev libboost-context-dev)
+packages=(cmake g++ make libgtest-dev libboost-context-dev python3-torch python3-pytest)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -20,7 +20,7 @@ import threading
 # parses the header and compares.
 
 BNORM_VERSION_MAJOR = 0
-BNORM_VERSION_MINOR = 1
+BNORM_VERSION_MINOR = 2
 BNORM_VERSION_PATCH = 0
 BNORM_VERSION = BNORM_VERSION_MAJOR * 10000 + BNORM_VERSION_MINOR * 100 + BNORM_VERSION_PATCH
 
@@ -57,6 +57,11 @@ BNORM_PATH_AUTO = 0
 BNORM_PATH_MULTI_PASS = 1
 BNORM_PATH_SINGLE_BLOCK = 2
 
+# bnormEpilogue_t
+BNORM_EPILOGUE_NONE = 0
+BNORM_EPILOGUE_RELU = 1
+BNORM_EPILOGUE_ADD_RELU = 2
+
 BNORM_CONFIG_MAGIC = 0xB7A0C0F1
 
 _c_enum = ctypes.c_int  # a C enum of small values is an int on every ABI bnorm targets
@@ -81,13 +86,19 @@ class bnormConfig_t(ctypes.Structure):
         ("exponential_average_factor", ctypes.c_double),
         ("average", _c_enum),  # bnormAverage_t
         ("path", _c_enum),     # bnormPath_t (added in 0.1)
+        ("epilogue", _c_enum),  # bnormEpilogue_t (added in 0.2)
+        ("residual", ctypes.c_void_p),
+        ("residual_grad", ctypes.c_void_p),
+        ("relu_mask", ctypes.c_void_p),
+        ("relu_mask_bytes", ctypes.c_size_t),
     ]
 
 
 def config_initializer():
     """BNORM_CONFIG_INITIALIZER."""
     return bnormConfig_t(ctypes.sizeof(bnormConfig_t), BNORM_CONFIG_MAGIC, BNORM_VERSION,
-                         1e-5, 0.1, BNORM_AVERAGE_EXPONENTIAL, BNORM_PATH_AUTO)
+                         1e-5, 0.1, BNORM_AVERAGE_EXPONENTIAL, BNORM_PATH_AUTO,
+                         BNORM_EPILOGUE_NONE, None, None, None, 0)
 
 
 _p = ctypes.c_void_p

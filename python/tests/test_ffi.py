@@ -41,11 +41,11 @@ def test_structs_mirror_the_header():
 def test_enums_and_macros_mirror_the_header():
     text = _header()
     found = 0
-    for name, value in re.findall(r"\b(BNORM_(?:STATUS|DATA|LAYOUT|AVERAGE|PATH)_\w+)\s*=\s*(\d+)",
+    for name, value in re.findall(r"\b(BNORM_(?:STATUS|DATA|LAYOUT|AVERAGE|PATH|EPILOGUE)_\w+)\s*=\s*(\d+)",
                                   text):
         assert getattr(_ffi, name) == int(value), name
         found += 1
-    assert found >= 13 + 3 + 2 + 2 + 3
+    assert found >= 13 + 3 + 2 + 2 + 3 + 3
     for name in ("BNORM_VERSION_MAJOR", "BNORM_VERSION_MINOR", "BNORM_VERSION_PATCH"):
         assert getattr(_ffi, name) == int(re.search(r"#define %s (\d+)" % name, text).group(1))
     magic = re.search(r"#define BNORM_CONFIG_MAGIC (0x[0-9a-fA-F]+)u", text).group(1)
@@ -54,9 +54,10 @@ def test_enums_and_macros_mirror_the_header():
     init = [v.strip() for v in init.replace("\\", " ").split(",")]
     cfg = _ffi.config_initializer()
     assert init[3:5] == ["1e-5", "0.1"] and (cfg.eps, cfg.exponential_average_factor) == (1e-5, 0.1)
-    assert init[5:] == ["BNORM_AVERAGE_EXPONENTIAL", "BNORM_PATH_AUTO"]
-    assert (cfg.average, cfg.path) == (0, 0)
-    assert cfg.size == ctypes.sizeof(_ffi.bnormConfig_t) == 40
+    assert init[5:] == ["BNORM_AVERAGE_EXPONENTIAL", "BNORM_PATH_AUTO", "BNORM_EPILOGUE_NONE",
+                        "NULL", "NULL", "NULL", "0"]
+    assert (cfg.average, cfg.path, cfg.epilogue, cfg.relu_mask_bytes) == (0, 0, 0, 0)
+    assert cfg.size == ctypes.sizeof(_ffi.bnormConfig_t) == 80
     assert ctypes.sizeof(_ffi.bnormTensorDesc_t) == 32
 
 
@@ -94,6 +95,7 @@ def test_config_fields_reach_the_library_at_their_offsets():
         ("exponential_average_factor", 1.25, "config->exponential_average_factor (1.25)"),
         ("average", 7, "config->average (7)"),
         ("path", 9, "config->path (9)"),
+        ("epilogue", 5, "config->epilogue (5)"),
     ]
     for field, value, words in cases:
         cfg = _ffi.config_initializer()

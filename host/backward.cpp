@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
+#include "nvtx.h"
 #include "kernels/launch.h"
 #include "plan.h"
 
@@ -121,6 +122,7 @@ extern "C" {
 bnormStatus_t bnormGetBackwardWorkspaceSize(bnormHandle_t handle, const bnormTensorDesc_t* desc,
                                             const bnormConfig_t* config,
                                             size_t* workspace_bytes) {
+  BNORM_NVTX_RANGE();
   return workspace_size("bnormGetBackwardWorkspaceSize", handle, desc, config, workspace_bytes,
                         false);
 }
@@ -129,6 +131,7 @@ bnormStatus_t bnormGetBackwardFrozenWorkspaceSize(bnormHandle_t handle,
                                                   const bnormTensorDesc_t* desc,
                                                   const bnormConfig_t* config,
                                                   size_t* workspace_bytes) {
+  BNORM_NVTX_RANGE();
   return workspace_size("bnormGetBackwardFrozenWorkspaceSize", handle, desc, config,
                         workspace_bytes, true);
 }
@@ -138,6 +141,7 @@ bnormStatus_t bnormBackward(bnormHandle_t handle, cudaStream_t stream,
                             const void* x, const void* dy, void* dx, const float* gamma,
                             const float* saved_mean, const float* saved_rstd, float* dgamma,
                             float* dbeta, void* workspace, size_t workspace_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormBackward");
   const Request r{desc,       config, x,      dy,    dx,        gamma,
                   saved_mean, saved_rstd, dgamma, dbeta, workspace, workspace_bytes};
@@ -150,6 +154,7 @@ bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t stream,
                                   const float* running_mean, const float* running_var,
                                   float* dgamma, float* dbeta, void* workspace,
                                   size_t workspace_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormBackwardFrozen");
   const Request r{desc,         config,      x,      dy,    dx,        gamma,
                   running_mean, running_var, dgamma, dbeta, workspace, workspace_bytes};

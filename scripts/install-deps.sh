@@ -9,9 +9,13 @@
 #   g++, make             host code, the emulator, the tests
 #   libgtest-dev          GoogleTest: the test suites
 #   libboost-context-dev  Boost.Context fibers: the CPU SIMT emulator
+#   libopenblas-dev       OpenBLAS (cblas_sgemm): serves the cuBLAS calls of the
+#                         training demo in the emulated build (libbnorm_cublas_emu)
+#   gnuplot-nox           draws the training demo's curves to a PNG (no X needed)
+#   pkg-config            the packaging test builds a consumer through bnorm_emu.pc
 set -euo pipefail
 
-packages=(cmake g++ make libgtest-dev libboost-context-dev)
+packages=(cmake g++ make libgtest-dev libboost-context-dev libopenblas-dev gnuplot-nox pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -42,11 +42,11 @@ demo: deps
 	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
 	@mkdir -p $(BUILD)/demo
 	@if nvidia-smi -L >/dev/null 2>&1 && grep -q '^BNORM_BUILD_GPU:BOOL=ON' $(BUILD)/CMakeCache.txt; then \
-	  $(CMAKE) --build $(BUILD) -j $(JOBS) --target train_mlp_gpu && \
+	  env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(CMAKE) --build $(BUILD) -j $(JOBS) --target train_mlp_gpu && \
 	  $(BUILD)/examples/train_mlp_gpu --out $(BUILD)/demo; \
 	else \
 	  echo "(no GPU found: running the demo under the CPU emulator)"; \
-	  $(CMAKE) --build $(BUILD) -j $(JOBS) --target train_mlp_emu && \
+	  env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(CMAKE) --build $(BUILD) -j $(JOBS) --target train_mlp_emu && \
 	  $(BUILD)/examples/train_mlp_emu --out $(BUILD)/demo; \
 	fi
 

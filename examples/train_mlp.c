@@ -675,10 +675,10 @@ static void train(Ctx* c, int use_bn, int epochs, const char* label, Curve* curv
   if (curve->diverged_epoch > 0)
     printf("  diverged: the loss is not finite from epoch %d on\n", curve->diverged_epoch);
   if (use_bn)
-    printf("  (inference-mode accuracy trails while the weights move fast: BN1's inputs sit 50 to "
-           "100 std\n  from zero, so each update shifts the means of its features by many std "
-           "and the running\n  average, over about the last 10 steps, lags behind; it catches up "
-           "as the learning rate decays)\n");
+    printf("  (inference-mode accuracy trails while the weights move fast: BN1's features have "
+           "means tens\n  to a hundred std from zero, so each update shifts them by many std and "
+           "the running average,\n  over about the last 10 steps, lags behind; it catches up as "
+           "the learning rate decays)\n");
 }
 
 /* Per-channel mean and unbiased variance, in double, of a (rows x cols)

@@ -35,12 +35,19 @@ test-asan: deps
 
 test: test-fast test-asan
 
-demo: build
-	@if nvidia-smi -L >/dev/null 2>&1 && [ -x $(BUILD)/examples/normalize_demo_gpu ]; then \
-	  $(BUILD)/examples/normalize_demo_gpu; \
+# The demo (examples/train_mlp.c): only its targets are built. With a GPU
+# the real build runs; otherwise the emulated one. Output files (CSV, PNG)
+# go to $(BUILD)/demo.
+demo: deps
+	$(CMAKE) -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=Release $(CMAKE_ARGS)
+	@mkdir -p $(BUILD)/demo
+	@if nvidia-smi -L >/dev/null 2>&1 && grep -q '^BNORM_BUILD_GPU:BOOL=ON' $(BUILD)/CMakeCache.txt; then \
+	  env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(CMAKE) --build $(BUILD) -j $(JOBS) --target train_mlp_gpu && \
+	  $(BUILD)/examples/train_mlp_gpu --out $(BUILD)/demo; \
 	else \
 	  echo "(no GPU found: running the demo under the CPU emulator)"; \
-	  $(BUILD)/examples/normalize_demo_emu; \
+	  env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL $(CMAKE) --build $(BUILD) -j $(JOBS) --target train_mlp_emu && \
+	  $(BUILD)/examples/train_mlp_emu --out $(BUILD)/demo; \
 	fi
 
 clean:

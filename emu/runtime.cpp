@@ -6,14 +6,34 @@
 // AddressSanitizer sees overruns). Every operation, asynchronous or not, runs
 // to completion when it is issued, which satisfies any stream ordering.
 // Events record the host clock.
+//
+// Stream capture and graphs: while a stream is being captured
+// (cudaStreamBeginCapture), the work issued to it -- kernels, async copies
+// and sets, host functions, event records, graph launches -- is recorded
+// instead of run, in issue order; cudaGraphLaunch runs the recorded work in
+// that order. A graph is what one stream captured (there are no
+// cross-stream dependencies to record: the emulator has no
+// cudaStreamWaitEvent). Calls that capture forbids on a GPU are refused the
+// same way here: a synchronous copy, set, allocation or free, or a
+// synchronization, while a capture in global mode (or this thread's in
+// thread-local mode) is under way, returns cudaErrorStreamCaptureUnsupported;
+// work on the legacy default stream while a blocking stream is captured
+// returns cudaErrorStreamCaptureImplicit; either invalidates the capture, so
+// cudaStreamEndCapture then fails with cudaErrorStreamCaptureInvalidated.
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <new>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <cuda_runtime_api.h>
 
@@ -39,10 +59,61 @@ cudaError_t fail(cudaError_t e) {
   return e;
 }
 
-// Streams and events are small host objects; their handles are pointers.
+using Nodes = std::vector<std::function<void()>>;
+
+// Graphs, streams and events are small host objects; their handles are
+// pointers.
+struct Graph {
+  Nodes nodes;
+};
+struct GraphExec {
+  std::shared_ptr<const Nodes> nodes;  // shared with launches captured into other graphs
+};
 struct Stream {
   unsigned magic = 0x57a3u;
+  unsigned flags = cudaStreamDefault;
+  // Capture state (guarded by g_capture_m).
+  bool capturing = false;
+  bool invalidated = false;
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeGlobal;
+  std::thread::id owner;
+  Graph* graph = nullptr;
 };
+
+// Every capture under way, on any thread.
+std::mutex g_capture_m;
+std::vector<Stream*> g_captures;
+std::atomic<int> g_capture_count{0};  // g_captures.size(), read without the lock
+int g_global_captures = 0;             // of them, in cudaStreamCaptureModeGlobal
+thread_local int t_strict_captures = 0;  // this thread's, in global or thread-local mode
+
+bool is_special(cudaStream_t s) {
+  return s == nullptr || s == cudaStreamLegacy || s == cudaStreamPerThread;
+}
+Stream* as_stream(cudaStream_t s) { return is_special(s) ? nullptr : reinterpret_cast<Stream*>(s); }
+
+void invalidate_captures_locked() {
+  for (Stream* s : g_captures) s->invalidated = true;
+}
+
+// A call that may synchronize or allocate ("potentially unsafe" in CUDA's
+// terms), made while a capture forbids it: refused, and the capture is
+// invalidated, as on a GPU.
+cudaError_t check_unsafe_call() {
+  if (g_capture_count.load() == 0) return cudaSuccess;
+  std::lock_guard<std::mutex> lock(g_capture_m);
+  if (t_strict_captures == 0 && g_global_captures == 0) return cudaSuccess;
+  invalidate_captures_locked();
+  return fail(cudaErrorStreamCaptureUnsupported);
+}
+
+void end_capture_locked(Stream* s) {
+  s->capturing = false;
+  g_captures.erase(std::find(g_captures.begin(), g_captures.end(), s));
+  g_capture_count.store(static_cast<int>(g_captures.size()));
+  if (s->mode == cudaStreamCaptureModeGlobal) --g_global_captures;
+  if (s->mode != cudaStreamCaptureModeRelaxed) --t_strict_captures;
+}
 struct Event {
   unsigned magic = 0xe7e7u;
   bool recorded = false;
@@ -50,6 +121,29 @@ struct Event {
 };
 
 }  // namespace
+
+cudaError_t submit(cudaStream_t stream, std::function<void()> op) {
+  if (g_capture_count.load() != 0) {
+    std::lock_guard<std::mutex> lock(g_capture_m);
+    Stream* s = as_stream(stream);
+    if (s && s->capturing) {
+      if (s->invalidated) return cudaErrorStreamCaptureInvalidated;
+      s->graph->nodes.push_back(std::move(op));
+      return cudaSuccess;
+    }
+    if (stream == nullptr || stream == cudaStreamLegacy) {
+      // The legacy stream waits for every blocking stream: a captured one
+      // would gain an edge to work outside its graph.
+      for (Stream* c : g_captures)
+        if (!(c->flags & cudaStreamNonBlocking)) {
+          invalidate_captures_locked();
+          return cudaErrorStreamCaptureImplicit;
+        }
+    }
+  }
+  op();
+  return cudaSuccess;
+}
 
 void set_last_error(cudaError_t e) {
   if (e != cudaSuccess) t_last_error = e;
@@ -97,6 +191,11 @@ EMU_EXPORT const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorCooperativeLaunchTooLarge: return "cudaErrorCooperativeLaunchTooLarge";
     case cudaErrorNotReady: return "cudaErrorNotReady";
     case cudaErrorNotSupported: return "cudaErrorNotSupported";
+    case cudaErrorIllegalState: return "cudaErrorIllegalState";
+    case cudaErrorStreamCaptureUnsupported: return "cudaErrorStreamCaptureUnsupported";
+    case cudaErrorStreamCaptureInvalidated: return "cudaErrorStreamCaptureInvalidated";
+    case cudaErrorStreamCaptureImplicit: return "cudaErrorStreamCaptureImplicit";
+    case cudaErrorStreamCaptureWrongThread: return "cudaErrorStreamCaptureWrongThread";
     default: return "cudaErrorUnknown";
   }
 }
@@ -114,6 +213,15 @@ EMU_EXPORT const char* cudaGetErrorString(cudaError_t e) {
       return "too many blocks in cooperative launch";
     case cudaErrorNotReady: return "device not ready";
     case cudaErrorNotSupported: return "operation not supported";
+    case cudaErrorIllegalState: return "the operation cannot be performed in the present state";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    case cudaErrorStreamCaptureWrongThread:
+      return "attempt to terminate a thread-local capture sequence from another thread";
     default: return "unknown error (bnorm CPU emulator)";
   }
 }
@@ -138,7 +246,7 @@ EMU_EXPORT cudaError_t cudaSetDevice(int device) {
   return cudaSuccess;
 }
 
-EMU_EXPORT cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+EMU_EXPORT cudaError_t cudaDeviceSynchronize(void) { return emu::check_unsafe_call(); }
 EMU_EXPORT cudaError_t cudaDeviceReset(void) { return cudaSuccess; }
 
 EMU_EXPORT cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int device) {
@@ -235,6 +343,7 @@ EMU_EXPORT cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, con
 EMU_EXPORT cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (!p) return fail(cudaErrorInvalidValue);
   *p = nullptr;
+  if (cudaError_t e = emu::check_unsafe_call()) return e;
   if (bytes == 0) return cudaSuccess;
   void* q = std::malloc(bytes);
   if (!q) return fail(cudaErrorMemoryAllocation);
@@ -245,6 +354,7 @@ EMU_EXPORT cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 
 EMU_EXPORT cudaError_t cudaFree(void* p) {
+  if (cudaError_t e = emu::check_unsafe_call()) return e;
   if (!p) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(emu::g_alloc_m);
@@ -258,11 +368,13 @@ EMU_EXPORT cudaError_t cudaFree(void* p) {
 
 EMU_EXPORT cudaError_t cudaMallocHost(void** p, size_t bytes) {
   if (!p) return fail(cudaErrorInvalidValue);
+  if (cudaError_t e = emu::check_unsafe_call()) return e;
   *p = bytes ? std::malloc(bytes) : nullptr;
   return (bytes && !*p) ? fail(cudaErrorMemoryAllocation) : cudaSuccess;
 }
 
 EMU_EXPORT cudaError_t cudaFreeHost(void* p) {
+  if (cudaError_t e = emu::check_unsafe_call()) return e;
   std::free(p);
   return cudaSuccess;
 }
@@ -294,23 +406,37 @@ EMU_EXPORT cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes* a,
 
 EMU_EXPORT cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, enum cudaMemcpyKind) {
   if (bytes && (!dst || !src)) return fail(cudaErrorInvalidValue);
+  if (cudaError_t e = emu::check_unsafe_call()) return e;
   if (bytes) std::memmove(dst, src, bytes);
   return cudaSuccess;
 }
 
 EMU_EXPORT cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes,
-                                       enum cudaMemcpyKind kind, cudaStream_t) {
-  return cudaMemcpy(dst, src, bytes, kind);
+                                       enum cudaMemcpyKind, cudaStream_t stream) {
+  if (bytes && (!dst || !src)) return fail(cudaErrorInvalidValue);
+  if (!bytes) return cudaSuccess;
+  const cudaError_t e = emu::submit(stream, [=] { std::memmove(dst, src, bytes); });
+  return e ? fail(e) : cudaSuccess;
 }
 
 EMU_EXPORT cudaError_t cudaMemset(void* dst, int value, size_t bytes) {
   if (bytes && !dst) return fail(cudaErrorInvalidValue);
+  if (cudaError_t e = emu::check_unsafe_call()) return e;
   if (bytes) std::memset(dst, value, bytes);
   return cudaSuccess;
 }
 
-EMU_EXPORT cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t) {
-  return cudaMemset(dst, value, bytes);
+EMU_EXPORT cudaError_t cudaMemsetAsync(void* dst, int value, size_t bytes, cudaStream_t stream) {
+  if (bytes && !dst) return fail(cudaErrorInvalidValue);
+  if (!bytes) return cudaSuccess;
+  const cudaError_t e = emu::submit(stream, [=] { std::memset(dst, value, bytes); });
+  return e ? fail(e) : cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaLaunchHostFunc(cudaStream_t stream, cudaHostFn_t fn, void* user_data) {
+  if (!fn) return fail(cudaErrorInvalidValue);
+  const cudaError_t e = emu::submit(stream, [=] { fn(user_data); });
+  return e ? fail(e) : cudaSuccess;
 }
 
 // ---- streams -----------------------------------------------------------------------------
@@ -321,21 +447,126 @@ EMU_EXPORT cudaError_t cudaStreamCreate(cudaStream_t* s) {
   return *s ? cudaSuccess : fail(cudaErrorMemoryAllocation);
 }
 
-EMU_EXPORT cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int) {
-  return cudaStreamCreate(s);
+EMU_EXPORT cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned int flags) {
+  const cudaError_t e = cudaStreamCreate(s);
+  if (e == cudaSuccess) reinterpret_cast<emu::Stream*>(*s)->flags = flags;
+  return e;
 }
 
 EMU_EXPORT cudaError_t cudaStreamDestroy(cudaStream_t s) {
-  if (!s) return fail(cudaErrorInvalidResourceHandle);
-  delete reinterpret_cast<emu::Stream*>(s);
+  if (!s || emu::is_special(s)) return fail(cudaErrorInvalidResourceHandle);
+  auto* st = reinterpret_cast<emu::Stream*>(s);
+  {
+    std::lock_guard<std::mutex> lock(emu::g_capture_m);
+    if (st->capturing) {  // the capture is abandoned with its stream
+      emu::end_capture_locked(st);
+      delete st->graph;
+    }
+  }
+  delete st;
   return cudaSuccess;
 }
 
-EMU_EXPORT cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+EMU_EXPORT cudaError_t cudaStreamSynchronize(cudaStream_t s) {
+  if (emu::Stream* st = emu::as_stream(s)) {
+    std::lock_guard<std::mutex> lock(emu::g_capture_m);
+    if (st->capturing) {  // a captured stream cannot be waited for
+      emu::invalidate_captures_locked();
+      return fail(cudaErrorStreamCaptureUnsupported);
+    }
+  }
+  return emu::check_unsafe_call();
+}
 
-EMU_EXPORT cudaError_t cudaStreamIsCapturing(cudaStream_t, enum cudaStreamCaptureStatus* st) {
+EMU_EXPORT cudaError_t cudaStreamIsCapturing(cudaStream_t s, enum cudaStreamCaptureStatus* st) {
   if (!st) return fail(cudaErrorInvalidValue);
   *st = cudaStreamCaptureStatusNone;
+  if (emu::Stream* c = emu::as_stream(s)) {
+    std::lock_guard<std::mutex> lock(emu::g_capture_m);
+    if (c->capturing)
+      *st = c->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+  }
+  return cudaSuccess;
+}
+
+// ---- stream capture and graphs ---------------------------------------------------------------
+
+EMU_EXPORT cudaError_t cudaStreamBeginCapture(cudaStream_t s, enum cudaStreamCaptureMode mode) {
+  if (mode != cudaStreamCaptureModeGlobal && mode != cudaStreamCaptureModeThreadLocal &&
+      mode != cudaStreamCaptureModeRelaxed)
+    return fail(cudaErrorInvalidValue);
+  emu::Stream* st = emu::as_stream(s);
+  if (!st) return fail(cudaErrorStreamCaptureUnsupported);  // the default streams cannot be
+  std::lock_guard<std::mutex> lock(emu::g_capture_m);
+  if (st->capturing) return fail(cudaErrorIllegalState);
+  st->graph = new emu::Graph;
+  st->capturing = true;
+  st->invalidated = false;
+  st->mode = mode;
+  st->owner = std::this_thread::get_id();
+  emu::g_captures.push_back(st);
+  emu::g_capture_count.store(static_cast<int>(emu::g_captures.size()));
+  if (mode == cudaStreamCaptureModeGlobal) ++emu::g_global_captures;
+  if (mode != cudaStreamCaptureModeRelaxed) ++emu::t_strict_captures;
+  return cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaStreamEndCapture(cudaStream_t s, cudaGraph_t* graph) {
+  if (!graph) return fail(cudaErrorInvalidValue);
+  *graph = nullptr;
+  emu::Stream* st = emu::as_stream(s);
+  if (!st) return fail(cudaErrorIllegalState);
+  std::lock_guard<std::mutex> lock(emu::g_capture_m);
+  if (!st->capturing) return fail(cudaErrorIllegalState);
+  if (st->mode != cudaStreamCaptureModeRelaxed && st->owner != std::this_thread::get_id())
+    return fail(cudaErrorStreamCaptureWrongThread);
+  emu::end_capture_locked(st);
+  emu::Graph* g = st->graph;
+  st->graph = nullptr;
+  if (st->invalidated) {
+    delete g;
+    return fail(cudaErrorStreamCaptureInvalidated);
+  }
+  *graph = reinterpret_cast<cudaGraph_t>(g);
+  return cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t* nodes,
+                                         size_t* count) {
+  if (!graph || !count) return fail(cudaErrorInvalidValue);
+  if (nodes) return fail(cudaErrorNotSupported);  // the emulator counts nodes, no more
+  *count = reinterpret_cast<emu::Graph*>(graph)->nodes.size();
+  return cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                            unsigned long long) {
+  if (!exec || !graph) return fail(cudaErrorInvalidValue);
+  auto* x = new (std::nothrow) emu::GraphExec;
+  if (!x) return fail(cudaErrorMemoryAllocation);
+  x->nodes = std::make_shared<const emu::Nodes>(reinterpret_cast<emu::Graph*>(graph)->nodes);
+  *exec = reinterpret_cast<cudaGraphExec_t>(x);
+  return cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
+  if (!exec) return fail(cudaErrorInvalidValue);
+  std::shared_ptr<const emu::Nodes> nodes = reinterpret_cast<emu::GraphExec*>(exec)->nodes;
+  const cudaError_t e = emu::submit(stream, [nodes] {
+    for (const auto& node : *nodes) node();
+  });
+  return e ? fail(e) : cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
+  if (!exec) return fail(cudaErrorInvalidValue);
+  delete reinterpret_cast<emu::GraphExec*>(exec);
+  return cudaSuccess;
+}
+
+EMU_EXPORT cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
+  if (!graph) return fail(cudaErrorInvalidValue);
+  delete reinterpret_cast<emu::Graph*>(graph);
   return cudaSuccess;
 }
 
@@ -357,16 +588,19 @@ EMU_EXPORT cudaError_t cudaEventDestroy(cudaEvent_t e) {
   return cudaSuccess;
 }
 
-EMU_EXPORT cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t) {
+EMU_EXPORT cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t stream) {
   if (!e) return fail(cudaErrorInvalidResourceHandle);
   auto* ev = reinterpret_cast<emu::Event*>(e);
-  ev->t = std::chrono::steady_clock::now();
-  ev->recorded = true;
-  return cudaSuccess;
+  const cudaError_t err = emu::submit(stream, [ev] {
+    ev->t = std::chrono::steady_clock::now();
+    ev->recorded = true;
+  });
+  return err ? fail(err) : cudaSuccess;
 }
 
 EMU_EXPORT cudaError_t cudaEventSynchronize(cudaEvent_t e) {
-  return e ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+  if (!e) return fail(cudaErrorInvalidResourceHandle);
+  return emu::check_unsafe_call();
 }
 
 EMU_EXPORT cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) {

@@ -522,24 +522,11 @@ void set_random_schedule(bool on, uint64_t seed) {
   g_random.store(on);
 }
 
-void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-            KernelBody body, bool cooperative) {
-  (void)stream;  // the emulator runs every launch to completion, in issue order
-  const Limits& lim = limits();
+// Runs a validated grid to completion.
+static void run_grid(const char* name, dim3 grid, dim3 block, size_t shared_bytes,
+                     const KernelBody& body, bool cooperative) {
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
-  if (threads == 0 || threads > uint64_t(lim.max_threads_per_block) ||
-      block.x > unsigned(lim.max_block[0]) || block.y > unsigned(lim.max_block[1]) ||
-      block.z > unsigned(lim.max_block[2]) || blocks == 0 ||
-      grid.x > unsigned(lim.max_grid[0]) || grid.y > unsigned(lim.max_grid[1]) ||
-      grid.z > unsigned(lim.max_grid[2]) || shared_bytes > lim.shared_per_block_optin) {
-    set_last_error(cudaErrorInvalidConfiguration);
-    return;
-  }
-  if (cooperative && blocks > uint64_t(lim.max_cooperative_blocks)) {
-    set_last_error(cudaErrorCooperativeLaunchTooLarge);
-    return;
-  }
   const uint64_t launch_id = g_launch_counter.fetch_add(1);
   auto make_block = [&](uint64_t i, Block& b) {
     b.idx = make_uint3(static_cast<unsigned>(i % grid.x),
@@ -584,6 +571,31 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaSt
   } else {
     pool().run(job);
   }
+}
+
+void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
+            KernelBody body, bool cooperative) {
+  const Limits& lim = limits();
+  const uint64_t threads = uint64_t(block.x) * block.y * block.z;
+  const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
+  if (threads == 0 || threads > uint64_t(lim.max_threads_per_block) ||
+      block.x > unsigned(lim.max_block[0]) || block.y > unsigned(lim.max_block[1]) ||
+      block.z > unsigned(lim.max_block[2]) || blocks == 0 ||
+      grid.x > unsigned(lim.max_grid[0]) || grid.y > unsigned(lim.max_grid[1]) ||
+      grid.z > unsigned(lim.max_grid[2]) || shared_bytes > lim.shared_per_block_optin) {
+    set_last_error(cudaErrorInvalidConfiguration);
+    return;
+  }
+  if (cooperative && blocks > uint64_t(lim.max_cooperative_blocks)) {
+    set_last_error(cudaErrorCooperativeLaunchTooLarge);
+    return;
+  }
+  // Runs now, or, on a stream being captured, becomes a node of its graph
+  // (the body holds the kernel's arguments by value, as a launch does).
+  const cudaError_t e = submit(stream, [=]() {
+    run_grid(name, grid, block, shared_bytes, body, cooperative);
+  });
+  if (e != cudaSuccess) set_last_error(e);
 }
 
 }  // namespace emu

@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
+#include "nvtx.h"
 #include "kernels/launch.h"
 #include "plan.h"
 
@@ -126,6 +127,7 @@ extern "C" {
 bnormStatus_t bnormGetBackwardWorkspaceSize(bnormHandle_t handle, const bnormTensorDesc_t* desc,
                                             const bnormConfig_t* config,
                                             size_t* workspace_bytes) {
+  BNORM_NVTX_RANGE();
   return workspace_size("bnormGetBackwardWorkspaceSize", handle, desc, config, workspace_bytes,
                         false);
 }
@@ -134,6 +136,7 @@ bnormStatus_t bnormGetBackwardFrozenWorkspaceSize(bnormHandle_t handle,
                                                   const bnormTensorDesc_t* desc,
                                                   const bnormConfig_t* config,
                                                   size_t* workspace_bytes) {
+  BNORM_NVTX_RANGE();
   return workspace_size("bnormGetBackwardFrozenWorkspaceSize", handle, desc, config,
                         workspace_bytes, true);
 }
@@ -143,6 +146,7 @@ bnormStatus_t bnormBackward(bnormHandle_t handle, cudaStream_t stream,
                             const void* x, const void* dy, void* dx, const float* gamma,
                             const float* saved_mean, const float* saved_rstd, float* dgamma,
                             float* dbeta, void* workspace, size_t workspace_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormBackward");
   const Request r{desc,       config, x,      dy,    dx,        gamma,
                   saved_mean, saved_rstd, dgamma, dbeta, workspace, workspace_bytes};
@@ -155,6 +159,7 @@ bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t stream,
                                   const float* running_mean, const float* running_var,
                                   float* dgamma, float* dbeta, void* workspace,
                                   size_t workspace_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormBackwardFrozen");
   const Request r{desc,         config,      x,      dy,    dx,        gamma,
                   running_mean, running_var, dgamma, dbeta, workspace, workspace_bytes};

@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
+#include "nvtx.h"
 #include "kernels/launch.h"
 #include "plan.h"
 
@@ -14,6 +15,7 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
                                                    const bnormTensorDesc_t* desc,
                                                    const bnormConfig_t* config,
                                                    size_t* workspace_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormGetForwardTrainingWorkspaceSize");
   size_t elem = 0;
   Config cfg;
@@ -41,6 +43,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
                                    float* running_mean, float* running_var, int64_t* step_count,
                                    float* saved_mean, float* saved_rstd, void* workspace,
                                    size_t workspace_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormForwardTraining");
   size_t elem = 0;
   Config cfg;

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include "context.h"
+#include "nvtx.h"
 
 using bnorm::host::clear_error;
 using bnorm::host::fail;
@@ -13,6 +14,7 @@ using bnorm::host::fail;
 extern "C" {
 
 bnormStatus_t bnormCreate(bnormHandle_t* handle) {
+  BNORM_NVTX_RANGE();
   static const char* kCall = "bnormCreate";
   clear_error();
   if (!handle) return fail(BNORM_STATUS_NULL_POINTER, kCall, "argument 'handle' is NULL");
@@ -39,6 +41,7 @@ bnormStatus_t bnormCreate(bnormHandle_t* handle) {
 }
 
 bnormStatus_t bnormDestroy(bnormHandle_t handle) {
+  BNORM_NVTX_RANGE();
   clear_error();
   if (!handle) return BNORM_STATUS_SUCCESS;
   if (handle->magic != bnorm::host::kHandleMagic)

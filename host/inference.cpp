@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include "checks.h"
+#include "nvtx.h"
 #include "kernels/launch.h"
 #include "plan.h"
 
@@ -15,6 +16,7 @@ bnormStatus_t bnormForwardInference(bnormHandle_t handle, cudaStream_t stream,
                                     const void* x, void* y, const float* gamma,
                                     const float* beta, const float* running_mean,
                                     const float* running_var) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormForwardInference");
   size_t elem = 0;
   Config cfg;
@@ -64,6 +66,7 @@ bnormStatus_t bnormGetInferenceScaleShift(bnormHandle_t handle, cudaStream_t str
                                           const bnormConfig_t* config, const float* gamma,
                                           const float* beta, const float* running_mean,
                                           const float* running_var, float* scale, float* shift) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormGetInferenceScaleShift");
   Config cfg;
   check.handle(handle).channels(c).config(config, false, &cfg);

@@ -2,6 +2,7 @@
 #include <cstdio>
 
 #include "checks.h"
+#include "nvtx.h"
 #include "context.h"
 
 namespace {
@@ -29,6 +30,7 @@ void clear_error() { t_message[0] = '\0'; }
 extern "C" {
 
 const char* bnormGetStatusString(bnormStatus_t s) {
+  BNORM_NVTX_RANGE();
   switch (bnorm::host::enum_value(s)) {
     case BNORM_STATUS_SUCCESS: return "BNORM_STATUS_SUCCESS: the call succeeded";
     case BNORM_STATUS_NULL_POINTER: return "BNORM_STATUS_NULL_POINTER: a required pointer is NULL";
@@ -58,8 +60,14 @@ const char* bnormGetStatusString(bnormStatus_t s) {
   return "unknown status";
 }
 
-const char* bnormGetLastErrorMessage(void) { return t_message; }
+const char* bnormGetLastErrorMessage(void) {
+  BNORM_NVTX_RANGE();
+  return t_message;
+}
 
-int bnormGetVersion(void) { return BNORM_VERSION; }
+int bnormGetVersion(void) {
+  BNORM_NVTX_RANGE();
+  return BNORM_VERSION;
+}
 
 }  // extern "C"

@@ -13,9 +13,14 @@
 #                         binding (python/) is tested against torch.nn.BatchNorm
 #                         (ctest emu.python; large: about 800 MB with its deps)
 #   python3-pytest        runs those tests
+#   libopenblas-dev       OpenBLAS (cblas_sgemm): serves the cuBLAS calls of the
+#                         training demo in the emulated build (libbnorm_cublas_emu)
+#   gnuplot-nox           draws the training demo's curves to a PNG (no X needed)
+#   pkg-config            the packaging test builds a consumer through bnorm_emu.pc
 set -euo pipefail
 
-packages=(cmake g++ make libgtest-dev libboost-context-dev python3-torch python3-pytest)
+packages=(cmake g++ make libgtest-dev libboost-context-dev python3-torch python3-pytest
+          libopenblas-dev gnuplot-nox pkg-config)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -32,6 +32,14 @@ __global__ void warp_kernel(int* out) {
   o[7] = __all_sync(mask, lane < 100);
 }
 
+// One block: v[i] = 0.5 v[i] + *counter, then *counter += 1.
+__global__ void counter_step_kernel(float* v, int* counter) {
+  const int t = threadIdx.x;
+  v[t] = 0.5f * v[t] + static_cast<float>(*counter);
+  __syncthreads();
+  if (t == 0) *counter += 1;
+}
+
 __global__ void unwritten_shared_kernel(int* out) {
   BNORM_DYNAMIC_SHARED(smem);
   int v;
@@ -153,6 +161,11 @@ cudaError_t shuffle_with_exited_lane() {
 
 cudaError_t shared_overrun() {
   BNORM_LAUNCH(shared_overrun_kernel, 1, 32, 16 * sizeof(int), nullptr, 16);
+  return cudaGetLastError();
+}
+
+cudaError_t step_with_counter(float* v, int n, int* counter, cudaStream_t stream) {
+  BNORM_LAUNCH(counter_step_kernel, 1, n, 0, stream, v, counter);
   return cudaGetLastError();
 }
 

@@ -42,6 +42,10 @@ cudaError_t shuffle_with_exited_lane();  // lane 31 exits, the rest shuffle with
 // Writes one int past the end of the launch's dynamic shared memory.
 cudaError_t shared_overrun();
 
+// One block of n threads on `stream`: v[i] = 0.5 v[i] + *counter, then
+// *counter += 1 (state on the "device", as a captured training step keeps it).
+cudaError_t step_with_counter(float* v, int n, int* counter, cudaStream_t stream);
+
 // A launch with 2048 threads per block (invalid configuration).
 cudaError_t oversized_block();
 

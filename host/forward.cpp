@@ -29,6 +29,7 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
 
 bnormStatus_t bnormGetReluMaskSize(bnormHandle_t handle, const bnormTensorDesc_t* desc,
                                    size_t* mask_bytes) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormGetReluMaskSize");
   size_t elem = 0;
   check.handle(handle).desc(desc, &elem).required(mask_bytes, "mask_bytes");

@@ -106,6 +106,7 @@ bnormStatus_t bnormFoldIntoLinear(bnormHandle_t handle, cudaStream_t stream, int
                                   const float* gamma, const float* beta,
                                   const float* running_mean, const float* running_var,
                                   float* weight, const float* bias_in, float* bias_out) {
+  BNORM_NVTX_RANGE();
   Checker check("bnormFoldIntoLinear");
   Config cfg;
   check.handle(handle).channels(out_features).config(config, false, &cfg);

@@ -98,6 +98,7 @@ int main(void) {
   static unsigned long long not_a_handle[64]; /* zeros: no magic */
   int i, count = 0;
   const char* s;
+  size_t mask_bytes = 0;
 
   if (!getenv("NVTX_INJECTION64_PATH")) {
     printf("FAIL  NVTX_INJECTION64_PATH is not set: run this test through ctest\n");
@@ -160,6 +161,12 @@ int main(void) {
               BNORM_STATUS_SUCCESS);
   check_range("bnormBackward",
               bnormBackward(h, NULL, &desc, &cfg, x, y, dx, gamma, sm, sr, dg, db, ws, bwd_ws),
+              BNORM_STATUS_SUCCESS);
+  check_range("bnormGetReluMaskSize", bnormGetReluMaskSize(h, &desc, &mask_bytes),
+              BNORM_STATUS_SUCCESS);
+  /* dx as a C x 1 layer's weights, sm as its bias: folded in place. */
+  check_range("bnormFoldIntoLinear",
+              bnormFoldIntoLinear(h, NULL, C, 1, &cfg, gamma, beta, rm, rv, dx, NULL, sm),
               BNORM_STATUS_SUCCESS);
   check_range("bnormBackwardFrozen",
               bnormBackwardFrozen(h, NULL, &desc, &cfg, x, y, dx, gamma, rm, rv, dg, db, ws,

@@ -1,16 +1,22 @@
 # A thin layer over CMake. For a fresh clone, two commands:
 #   make test   install what is missing, build everything, run every test
 #               (GPU tests skip themselves without a GPU), then rebuild the
-#               emulated library under ASan + UBSan and run its tests again
+#               emulated library under ASan + UBSan and run its tests again,
+#               then fuzz the public API for a minute (make test-fuzz)
 #   make demo   build and run the demo, on the GPU if one is present, else
 #               under the CPU emulator
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_TIME  ?= 60
+FUZZ_FLAGS ?=
+FUZZ_CC    ?= clang-14
+FUZZ_CXX   ?= clang++-14
 JOBS       ?= $(shell nproc)
 CMAKE      ?= cmake
 CMAKE_ARGS ?=
 
-.PHONY: all deps build test test-fast test-asan demo clean
+.PHONY: all deps build test test-fast test-asan test-fuzz demo clean
 
 all: build
 
@@ -33,7 +39,16 @@ test-asan: deps
 	$(CMAKE) --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'emu|unit'
 
-test: test-fast test-asan
+# libFuzzer over the public API of the emulated library (built with clang,
+# coverage, ASan and UBSan in its own folder), FUZZ_TIME seconds from the
+# committed seed corpus fuzz/corpus. A long run: make test-fuzz FUZZ_TIME=28800
+test-fuzz: deps
+	$(CMAKE) -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_FUZZ=ON \
+	  -DCMAKE_C_COMPILER=$(FUZZ_CC) -DCMAKE_CXX_COMPILER=$(FUZZ_CXX) $(CMAKE_ARGS)
+	$(CMAKE) --build $(FUZZ_BUILD) -j $(JOBS)
+	fuzz/run.sh $(FUZZ_BUILD)/fuzz/bnorm_fuzz $(FUZZ_TIME) $(FUZZ_FLAGS)
+
+test: test-fast test-asan test-fuzz
 
 demo: build
 	@if nvidia-smi -L >/dev/null 2>&1 && [ -x $(BUILD)/examples/normalize_demo_gpu ]; then \
@@ -44,4 +59,4 @@ demo: build
 	fi
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

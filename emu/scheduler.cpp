@@ -32,8 +32,16 @@
 #include "emu_device.h"
 #include "emu_internal.h"
 
+// ASan needs to be told about every fiber switch. GCC says it is on with
+// __SANITIZE_ADDRESS__, clang (the fuzzing build) with __has_feature.
 #if defined(__SANITIZE_ADDRESS__)
 #define BNORM_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BNORM_EMU_ASAN 1
+#endif
+#endif
+#if defined(BNORM_EMU_ASAN)
 #include <sanitizer/common_interface_defs.h>
 #endif
 

@@ -9,9 +9,12 @@
 #   g++, make             host code, the emulator, the tests
 #   libgtest-dev          GoogleTest: the test suites
 #   libboost-context-dev  Boost.Context fibers: the CPU SIMT emulator
+#   clang-14,             libFuzzer: `make test-fuzz` builds the emulated
+#   libclang-rt-14-dev    library and fuzz/bnorm_fuzz with clang's
+#                         -fsanitize=fuzzer,address,undefined (its runtimes)
 set -euo pipefail
 
-packages=(cmake g++ make libgtest-dev libboost-context-dev)
+packages=(cmake g++ make libgtest-dev libboost-context-dev clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -13,6 +13,7 @@
 #include "finalize.cuh"
 #include "frozen.cuh"
 #include "launch.h"
+#include "layout.cuh"
 #include "reduce.cuh"
 
 namespace bnorm {
@@ -25,18 +26,6 @@ constexpr int kTinyThreads = 256;  // 255 registers a thread: the double finish 
 // before any is used, so a channel costs one memory latency per pass (m <=
 // 32 * kTinyChunk = 256, as the automatic choice guarantees, is one chunk).
 constexpr int kTinyChunk = 8;
-
-// Value j (0 <= j < m) of channel ch.
-struct ChannelIndex {
-  int64_t c, spatial;
-  bool major;
-  bool narrow;  // m < 2^32: a 32-bit division finds the sample
-  __device__ __forceinline__ int64_t operator()(int64_t ch, int64_t j) const {
-    if (!major) return j * c + ch;
-    const int64_t q = narrow ? int64_t(uint32_t(j) / uint32_t(spatial)) : j / spatial;
-    return (q * c + ch) * spatial + (j - q * spatial);
-  }
-};
 
 __device__ __forceinline__ float broadcast(float v) { return __shfl_sync(kFullMask, v, 0); }
 
@@ -162,11 +151,6 @@ __global__ void __launch_bounds__(kTinyThreads)
   }
 }
 
-ChannelIndex index_of(const Tensor& t) {
-  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor,
-                      t.m() < (int64_t(1) << 32)};
-}
-
 }  // namespace
 
 cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) {
@@ -174,7 +158,7 @@ cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t str
     using T = decltype(tag);
     const StatsParams p = stats_params(a);
     BNORM_LAUNCH((tiny_forward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
-                 static_cast<T*>(a.y), index_of(a.t), p);
+                 static_cast<T*>(a.y), channel_index(a.t), p);
     return cudaGetLastError();
   });
 }
@@ -208,7 +192,7 @@ cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream) {
       g.stat = sp.ws_rstd;
     }
     BNORM_LAUNCH((tiny_backward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
-                 static_cast<const T*>(a.dy), static_cast<T*>(a.dx), index_of(a.t), g, sp,
+                 static_cast<const T*>(a.dy), static_cast<T*>(a.dx), channel_index(a.t), g, sp,
                  recompute);
     return cudaGetLastError();
   });

@@ -846,8 +846,13 @@ void check_forward(const Arena& a, const Model& md) {
     if (tracking && f != 0.0) {
       const double rm0 = a.f32(a.before, kRunMean, ch), rv0 = a.f32(a.before, kRunVar, ch);
       const double unbiased = var[c] * m / (m - 1.0);
-      if (f == 1.0 || (moderate(rm0) && moderate(rv0))) {
-        const double keep = f == 1.0 ? 0.0 : 1.0 - f;
+      if (f == 1.0) {  // replaced, even where the old values are not finite
+        near("running_mean", a.f32(a.after, kRunMean, ch), mean[c],
+             2e-5 * (std::fabs(mean[c]) + sd) + 1e-37, ch, -1);
+        near("running_var", a.f32(a.after, kRunVar, ch), unbiased, 1e-4 * unbiased + 1e-37, ch,
+             -1);
+      } else if (moderate(rm0) && moderate(rv0)) {
+        const double keep = 1.0 - f;
         near("running_mean", a.f32(a.after, kRunMean, ch), keep * rm0 + f * mean[c],
              2e-5 * (keep * std::fabs(rm0) + f * (std::fabs(mean[c]) + sd)) + 1e-37, ch, -1);
         near("running_var", a.f32(a.after, kRunVar, ch), keep * rv0 + f * unbiased,

@@ -2,11 +2,13 @@
 #   make test   install what is missing, build everything, run every test
 #               (GPU tests skip themselves without a GPU), then rebuild the
 #               emulated library under ASan + UBSan and run its tests again,
-#               then fuzz the public API for a minute (make test-fuzz)
+#               run the concurrency tests under TSan (make test-tsan), then
+#               fuzz the public API for a minute (make test-fuzz)
 #   make demo   build and run the demo, on the GPU if one is present, else
 #               under the CPU emulator
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
+TSAN_BUILD ?= build-tsan
 FUZZ_BUILD ?= build-fuzz
 FUZZ_TIME  ?= 60
 FUZZ_FLAGS ?=
@@ -16,7 +18,7 @@ JOBS       ?= $(shell nproc)
 CMAKE      ?= cmake
 CMAKE_ARGS ?=
 
-.PHONY: all deps build test test-fast test-asan test-fuzz demo clean
+.PHONY: all deps build test test-fast test-asan test-tsan test-fuzz demo clean
 
 all: build
 
@@ -39,6 +41,14 @@ test-asan: deps
 	$(CMAKE) --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'emu|unit'
 
+# The concurrency tests and the emulator's own tests under ThreadSanitizer
+# (the emulator tells TSan about its fiber switches), in a folder of their own;
+# only those test programs are built.
+test-tsan: deps
+	$(CMAKE) -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_TSAN=ON $(CMAKE_ARGS)
+	$(CMAKE) --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency_emu test_emulator
+	cd $(TSAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'concurrency|emulator'
+
 # libFuzzer over the public API of the emulated library (built with clang,
 # coverage, ASan and UBSan in its own folder), FUZZ_TIME seconds from the
 # committed seed corpus fuzz/corpus. A long run: make test-fuzz FUZZ_TIME=28800
@@ -48,7 +58,7 @@ test-fuzz: deps
 	$(CMAKE) --build $(FUZZ_BUILD) -j $(JOBS)
 	fuzz/run.sh $(FUZZ_BUILD)/fuzz/bnorm_fuzz $(FUZZ_TIME) $(FUZZ_FLAGS)
 
-test: test-fast test-asan test-fuzz
+test: test-fast test-asan test-tsan test-fuzz
 
 demo: build
 	@if nvidia-smi -L >/dev/null 2>&1 && [ -x $(BUILD)/examples/normalize_demo_gpu ]; then \
@@ -59,4 +69,4 @@ demo: build
 	fi
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) $(ASAN_BUILD) $(TSAN_BUILD) $(FUZZ_BUILD)

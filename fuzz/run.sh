@@ -5,9 +5,9 @@
 #
 # New inputs go to a work corpus beside the fuzzer (never into fuzz/corpus);
 # a failing input is saved there too, as crash-*, and printed by name.
-# `make test-fuzz` runs it for 60 s; for a long run, for example eight hours
-# with two jobs:
-#   make test-fuzz FUZZ_TIME=28800 FUZZ_FLAGS="-jobs=2 -workers=2"
+# `make test-fuzz` runs it for 60 s with -seed=1; for a long run, for example
+# eight hours with a random seed and two jobs:
+#   make test-fuzz FUZZ_TIME=28800 FUZZ_SEED=0 FUZZ_FLAGS="-jobs=2 -workers=2"
 # and to keep what it found as seeds: fuzz/run.sh ... then
 #   build-fuzz/fuzz/bnorm_fuzz -merge=1 fuzz/corpus build-fuzz/fuzz/work
 set -euo pipefail

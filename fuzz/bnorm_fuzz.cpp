@@ -272,9 +272,10 @@ struct Scenario {
   int ws_kind;
   uint64_t ws_random;
   bool pass_ws_out;
-  // Where each pointer goes: kind 0 NULL, 1..6 a region of its own after
-  // `gap` bytes (misaligned by `misalign` bytes), 7 `delta` bytes from the
-  // region of slot `target` (aliasing, partial overlap).
+  // Where each pointer goes: kind 0 NULL, 1 a region of its own, `gap`
+  // bytes after the previous one, misaligned by `misalign` bytes; 7 `delta`
+  // bytes from the region of an earlier slot `target` (aliasing, partial
+  // overlap). A region larger than kBudget is NULL whatever the kind.
   struct Spec {
     int kind, target, delta, misalign, gap;
   } spec[kSlots];

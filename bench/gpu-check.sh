@@ -2,7 +2,8 @@
 # gpu-check.sh: the one command to run on a machine with an NVIDIA GPU.
 #
 #   bench/gpu-check.sh [--quick] [--no-build] [--build-dir DIR] [-j N]
-#                      [--skip-sanitizers] [--skip-bench] [--skip-torch]
+#                      [--skip-sanitizers] [--full-sanitizers] [--skip-bench]
+#                      [--skip-torch]
 #
 # Steps (each reported PASS/FAIL/SKIP; a failing step does not stop the
 # later ones; the exit status is non-zero if any step failed):
@@ -15,6 +16,12 @@
 #      suite (python/tests) with $PYTHON's torch, CUDA variants included.
 #   4. compute-sanitizer memcheck, racecheck, synccheck, initcheck over a few
 #      GPU test programs, each on a few small cases (bnorm's kernels only).
+#   4b. with --full-sanitizers: the same four tools over the whole GPU suite,
+#      every test of every *_gpu program but the >2^31-element ones (label
+#      huge), one program at a time, SAN_FULL_TIMEOUT seconds (default 7200)
+#      per tool and program. How long it takes has not been measured yet
+#      (hours, most likely: every kernel launch is instrumented); run it as a
+#      step of its own, e.g. with --skip-sanitizers --skip-bench --skip-torch.
 #   5. bnorm-bench (the full suite, or --quick), CSV in
 #      bench/results/<date>-<card>.csv (<date>-<card>-quick.csv with --quick).
 #   6. bench/torch_bench.py on the same cases, CSV beside it (-torch.csv),
@@ -27,6 +34,8 @@ BUILD_DIR=${BUILD_DIR:-$ROOT/build-gpu}
 QUICK=0
 NO_BUILD=0
 SKIP_SAN=0
+FULL_SAN=0
+SAN_FULL_TIMEOUT=${SAN_FULL_TIMEOUT:-7200} # seconds per tool and program (--full-sanitizers)
 SKIP_BENCH=0
 SKIP_TORCH=0
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 4)}
@@ -35,7 +44,7 @@ CTEST_TIMEOUT=${CTEST_TIMEOUT:-900} # seconds per test
 CTEST_JOBS=${CTEST_JOBS:-4}         # GPU tests run at once
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -46,6 +55,7 @@ while [[ $# -gt 0 ]]; do
     -j) JOBS=$2; shift ;;
     -j*) JOBS=${1#-j} ;;
     --skip-sanitizers) SKIP_SAN=1 ;;
+    --full-sanitizers) FULL_SAN=1 ;;
     --skip-bench) SKIP_BENCH=1 ;;
     --skip-torch) SKIP_TORCH=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -324,6 +334,32 @@ if [[ $SKIP_SAN -eq 1 ]]; then
 else
   for tool in memcheck racecheck synccheck initcheck; do
     step "sanitizer $tool" "$LOG_DIR/sanitizer-$tool.log" run_sanitizer "$tool"
+  done
+fi
+
+# ---- 4b. compute-sanitizer over the whole GPU suite (--full-sanitizers) ----------------------------
+run_sanitizer_full() { # tool
+  local tool=$1 rc=0 ran=0
+  command -v compute-sanitizer >/dev/null || { echo "compute-sanitizer not found"; return 1; }
+  local exe
+  for exe in "$BUILD_DIR"/tests/*_gpu; do
+    [[ -x $exe && -f $exe ]] || continue
+    ran=1
+    local r=0 extra=() t0=$SECONDS
+    [[ $tool == memcheck && $exe != *cudnn* ]] && extra=(--leak-check full)
+    echo "== $tool: $(basename "$exe") (all tests but HugeTensor)"
+    timeout "$SAN_FULL_TIMEOUT" compute-sanitizer --tool "$tool" --error-exitcode 86 \
+      --kernel-name kns=bnorm "${extra[@]}" \
+      "$exe" --gtest_filter='-*HugeTensor*' --gtest_brief=1 || r=$?
+    echo "== $(basename "$exe"): exit $r after $((SECONDS - t0))s$([[ $r -eq 86 ]] && echo ' (sanitizer errors)')$([[ $r -eq 124 ]] && echo ' (timed out)')"
+    [[ $r -ne 0 ]] && rc=1
+  done
+  [[ $ran -eq 1 ]] || { echo "no *_gpu test programs in $BUILD_DIR/tests"; return 1; }
+  return $rc
+}
+if [[ $FULL_SAN -eq 1 ]]; then
+  for tool in memcheck racecheck synccheck initcheck; do
+    step "full sanitizer $tool" "$LOG_DIR/sanitizer-full-$tool.log" run_sanitizer_full "$tool"
   done
 fi
 

@@ -32,9 +32,29 @@
 #include "emu_device.h"
 #include "emu_internal.h"
 
+// ASan needs to be told about every fiber switch. GCC says it is on with
+// __SANITIZE_ADDRESS__, clang (the fuzzing build) with __has_feature.
 #if defined(__SANITIZE_ADDRESS__)
 #define BNORM_EMU_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define BNORM_EMU_ASAN 1
+#endif
+#endif
+#if defined(BNORM_EMU_ASAN)
 #include <sanitizer/common_interface_defs.h>
+#endif
+// ThreadSanitizer must be told about fiber switches too (the TSan build runs
+// the concurrency tests): each CUDA thread's fiber gets a TSan context.
+#if defined(__SANITIZE_THREAD__)
+#define BNORM_EMU_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define BNORM_EMU_TSAN 1
+#endif
+#endif
+#if defined(BNORM_EMU_TSAN)
+#include <sanitizer/tsan_interface.h>
 #endif
 
 namespace bctx = boost::context;
@@ -69,6 +89,8 @@ struct Thread : ThreadState {
   const void* sched_bottom = nullptr;
   size_t sched_size = 0;
   void* fake_stack = nullptr;
+  void* tsan_fiber = nullptr;  // TSan's context of this fiber
+  void* tsan_sched = nullptr;  // and of the scheduler that resumed it
 };
 
 struct WarpSlots {
@@ -133,8 +155,35 @@ struct RecordingStack {
   void deallocate(bctx::stack_context& sc) noexcept { inner.deallocate(sc); }
 };
 
+// TSan's side of a switch, made just before it (a no-op without TSan).
+inline void tsan_to_fiber(Thread* t) {
+#if defined(BNORM_EMU_TSAN)
+  if (!t->tsan_fiber) t->tsan_fiber = __tsan_create_fiber(0);
+  t->tsan_sched = __tsan_get_current_fiber();
+  __tsan_switch_to_fiber(t->tsan_fiber, 0);
+#else
+  (void)t;
+#endif
+}
+inline void tsan_to_scheduler(Thread* t) {
+#if defined(BNORM_EMU_TSAN)
+  __tsan_switch_to_fiber(t->tsan_sched, 0);
+#else
+  (void)t;
+#endif
+}
+inline void tsan_destroy(Thread* t) {
+#if defined(BNORM_EMU_TSAN)
+  if (t->tsan_fiber) __tsan_destroy_fiber(t->tsan_fiber);
+  t->tsan_fiber = nullptr;
+#else
+  (void)t;
+#endif
+}
+
 // Called on a fiber: hand control back to the scheduler until resumed.
 void yield(Thread* t) {
+  tsan_to_scheduler(t);
   asan_start(&t->fake_stack, t->sched_bottom, t->sched_size);
   t->sink = std::move(t->sink).resume();
   asan_finish(t->fake_stack, &t->sched_bottom, &t->sched_size);
@@ -148,6 +197,7 @@ class Worker {
       if (!t->self) continue;
       t->quit = true;
       resume(t.get());
+      tsan_destroy(t.get());
     }
   }
   Thread* thread(unsigned i) { return threads_[i].get(); }
@@ -164,6 +214,7 @@ class Worker {
           yield(tp);
         }
         asan_start(nullptr, tp->sched_bottom, tp->sched_size);  // this fiber ends
+        tsan_to_scheduler(tp);
         return std::move(tp->sink);
       });
       threads_.push_back(std::move(t));
@@ -173,6 +224,7 @@ class Worker {
     tls_thread = t;
     void* fake = nullptr;
     asan_start(&fake, t->stack_bottom, t->stack_size);
+    tsan_to_fiber(t);
     t->self = std::move(t->self).resume();
     asan_finish(fake, nullptr, nullptr);
   }

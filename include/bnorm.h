@@ -43,6 +43,18 @@
  *  - Determinism. The same inputs on the same device, handle configuration
  *    and shape give bitwise identical outputs, run after run: partial results
  *    are merged in a fixed order and no call uses floating-point atomics.
+ *  - Special values (as PyTorch, whose statistics are fp32 too):
+ *      eps = 0 on a constant channel (var = 0): rstd = +inf and every y of
+ *        that channel is NaN (0 * inf); its saved mean and running
+ *        statistics stay finite.
+ *      A NaN or an infinity among a channel's x: that channel's mean is not
+ *        finite, its variance, rstd and every y are NaN, and its running
+ *        statistics become non-finite. A NaN or infinity in dy makes that
+ *        channel's dbeta, dgamma and dx non-finite. Inference is elementwise:
+ *        a non-finite x touches only its own y.
+ *      A channel whose variance exceeds fp32's range (a spread beyond about
+ *        1.8e19): var = +inf, rstd = 0 and y = beta.
+ *      In every case the other channels are unaffected, bit for bit.
  *  - Threads. A handle may be used from one host thread at a time; different
  *    handles may be used concurrently. A handle belongs to the device that
  *    was current when it was created; calls must be made with that device

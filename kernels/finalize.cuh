@@ -67,7 +67,11 @@ struct Affine {  // y = scale * (x - pivot) + shift
 // s: the statistics of x - pivot over the channel's m values.
 __device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, int64_t ch,
                                                  const StatsParams& p, double f) {
-  const double var = s.m2 > 0.0f ? double(s.m2) * p.inv_m : 0.0;
+  // Never negative; a NaN M2 (a NaN or an infinity among the channel's
+  // values) stays NaN, so that rstd, y and the running variance of that
+  // channel are NaN, as in PyTorch; `m2 > 0 ? ... : 0` would have turned it
+  // into var = 0 and a finite rstd.
+  const double var = s.m2 < 0.0f ? 0.0 : double(s.m2) * p.inv_m;
   const double mean = double(pivot) + double(s.mean);
   const double rstd = rsqrt(var + p.eps);
   const double g = p.gamma ? double(p.gamma[ch]) : 1.0;

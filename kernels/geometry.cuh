@@ -13,37 +13,27 @@ template <int N, class Acc>
 void launch_reduce(const Acc& acc, const Tensor& t, const ReducePlan& plan,
                    typename Acc::State* partials, cudaStream_t stream) {
   using S = typename Acc::State;
-  const unsigned splits = static_cast<unsigned>(plan.splits);
+  const Geometry g = reduce_geometry(t, plan, N);
   if (t.order == Order::ChannelMajor) {
-    BNORM_LAUNCH((reduce_channel_major<N, Acc>), dim3(unsigned(t.c), splits), kReduceThreads,
+    BNORM_LAUNCH((reduce_channel_major<N, Acc>), dim3(g.grid_x, g.grid_y), g.block_x,
                  (kReduceThreads / 32) * sizeof(S), stream, acc, t.c, t.spatial, t.m(), partials);
   } else {
-    const MinorShape sh = minor_shape(t.c, N);
-    BNORM_LAUNCH((reduce_channel_minor<N, Acc>), dim3(unsigned(sh.col_blocks), splits),
-                 dim3(sh.tx, sh.ty), size_t(kReduceThreads) * N * sizeof(S), stream, acc, t.c,
-                 t.m(), partials);
+    BNORM_LAUNCH((reduce_channel_minor<N, Acc>), dim3(g.grid_x, g.grid_y),
+                 dim3(g.block_x, g.block_y), size_t(kReduceThreads) * N * sizeof(S), stream, acc,
+                 t.c, t.m(), partials);
   }
 }
 
 template <int N, class Op>
 void launch_apply(const Op& op, const Tensor& t, const ReducePlan& plan, cudaStream_t stream) {
-  const int64_t per_block = int64_t(kApplyThreads) * kApplyUnroll;
+  static_assert(kApplyUnroll == kApplyUnrollVectors, "apply.cuh and launch.h disagree");
+  const Geometry g = apply_geometry(t, plan, N);
   if (t.order == Order::ChannelMajor) {
-    const int64_t want = (t.numel() / N + per_block - 1) / per_block;
-    const int64_t blocks = want < plan.apply_blocks ? want : plan.apply_blocks;
-    BNORM_LAUNCH((apply_channel_major<N, Op>), unsigned(blocks > 0 ? blocks : 1), kApplyThreads,
-                 0, stream, op, t.numel(), t.spatial, t.c);
+    BNORM_LAUNCH((apply_channel_major<N, Op>), g.grid_x, g.block_x, 0, stream, op, t.numel(),
+                 t.spatial, t.c);
   } else {
-    const MinorShape sh = minor_shape(t.c, N);
-    const int64_t rows = t.m();
-    int64_t row_blocks = (rows + int64_t(sh.ty) * kApplyUnroll - 1) / (int64_t(sh.ty) * kApplyUnroll);
-    int64_t cap = plan.apply_blocks / sh.col_blocks;
-    if (cap < 1) cap = 1;
-    if (cap > 65535) cap = 65535;
-    if (row_blocks > cap) row_blocks = cap;
-    if (row_blocks < 1) row_blocks = 1;
-    BNORM_LAUNCH((apply_channel_minor<N, Op>), dim3(unsigned(sh.col_blocks), unsigned(row_blocks)),
-                 dim3(sh.tx, sh.ty), 0, stream, op, t.c, rows);
+    BNORM_LAUNCH((apply_channel_minor<N, Op>), dim3(g.grid_x, g.grid_y),
+                 dim3(g.block_x, g.block_y), 0, stream, op, t.c, t.m());
   }
 }
 

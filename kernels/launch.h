@@ -74,6 +74,44 @@ struct ReducePlan {
   bool single_block;  // the whole call in one launch (tiny.cu)
 };
 
+// ---- launch geometry --------------------------------------------------------------
+// The grids and blocks of the reduction and elementwise passes over a
+// tensor, for vectors of N elements: pure host arithmetic (geometry.cuh
+// launches with them; tests check them at extents beyond 2^32). Every grid
+// stays within CUDA's limits (x < 2^31, y <= 65535) for any valid tensor.
+struct Geometry {
+  unsigned grid_x, grid_y;
+  unsigned block_x, block_y;
+};
+
+inline Geometry reduce_geometry(const Tensor& t, const ReducePlan& plan, int n) {
+  const unsigned splits = static_cast<unsigned>(plan.splits);
+  if (t.order == Order::ChannelMajor) return {unsigned(t.c), splits, unsigned(kReduceThreads), 1};
+  const MinorShape sh = minor_shape(t.c, n);
+  return {unsigned(sh.col_blocks), splits, sh.tx, sh.ty};
+}
+
+constexpr int kApplyUnrollVectors = 4;  // vectors in flight per thread (apply.cuh)
+
+inline Geometry apply_geometry(const Tensor& t, const ReducePlan& plan, int n) {
+  const int64_t per_block = int64_t(kApplyThreads) * kApplyUnrollVectors;
+  if (t.order == Order::ChannelMajor) {
+    const int64_t want = (t.numel() / n + per_block - 1) / per_block;
+    const int64_t blocks = want < plan.apply_blocks ? want : plan.apply_blocks;
+    return {unsigned(blocks > 0 ? blocks : 1), 1, unsigned(kApplyThreads), 1};
+  }
+  const MinorShape sh = minor_shape(t.c, n);
+  const int64_t rows = t.m();
+  int64_t row_blocks =
+      (rows + int64_t(sh.ty) * kApplyUnrollVectors - 1) / (int64_t(sh.ty) * kApplyUnrollVectors);
+  int64_t cap = plan.apply_blocks / sh.col_blocks;
+  if (cap < 1) cap = 1;
+  if (cap > 65535) cap = 65535;
+  if (row_blocks > cap) row_blocks = cap;
+  if (row_blocks < 1) row_blocks = 1;
+  return {unsigned(sh.col_blocks), unsigned(row_blocks), sh.tx, sh.ty};
+}
+
 // ---- workspace layout -----------------------------------------------------------
 // Every sub-array starts 16-byte aligned; sizes are in bytes.
 inline size_t align16(size_t b) { return (b + 15) & ~size_t(15); }

@@ -3,6 +3,7 @@
 // instructions on a GPU), it divides once and then carries.
 #pragma once
 
+#include "launch.h"
 #include "portable.cuh"
 
 namespace bnorm {
@@ -73,6 +74,26 @@ struct ChannelRunCursor {
     }
   }
 };
+
+// Value j (0 <= j < m) of channel ch, found with one division (the
+// single-block path's per-value index).
+struct ChannelIndex {
+  int64_t c, spatial;
+  bool major;
+  // A 32-bit division finds the sample: the single-block path runs only for
+  // m < 2^32 (host/plan.cpp), and a 64-bit division is a call around which
+  // ptxas spills.
+  __device__ __forceinline__ int64_t operator()(int64_t ch, int64_t j) const {
+    if (!major) return j * c + ch;
+    const int64_t q = int64_t(uint32_t(j) / uint32_t(spatial));
+    return (q * c + ch) * spatial + (j - q * spatial);
+  }
+};
+
+// Requires t.m() < 2^32.
+inline ChannelIndex channel_index(const Tensor& t) {
+  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor};
+}
 
 }  // namespace kernels
 }  // namespace bnorm

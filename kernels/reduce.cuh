@@ -31,7 +31,11 @@ __device__ __forceinline__ Welford merge(const Welford& a, const Welford& b) {
   if (n == 0.0f) return a;
   const float delta = b.mean - a.mean;
   const float r = __fdividef(b.n, n);
-  return Welford{n, a.mean + delta * r, a.m2 + b.m2 + delta * delta * a.n * r};
+  // delta * (delta * (a.n * r)), not delta * delta * a.n * r: merging into an
+  // empty state (a.n == 0) must add exactly 0 even when delta^2 overflows
+  // fp32 (a spread beyond ~1.8e19), where inf * 0 would make M2 NaN instead
+  // of the +inf it is.
+  return Welford{n, a.mean + delta * r, a.m2 + b.m2 + delta * (delta * (a.n * r))};
 }
 
 // Folds the first `count` values of a register tile into s. The tile's own

@@ -15,6 +15,7 @@
 #include "finalize.cuh"
 #include "frozen.cuh"
 #include "launch.h"
+#include "layout.cuh"
 #include "reduce.cuh"
 
 namespace bnorm {
@@ -27,19 +28,6 @@ constexpr int kTinyThreads = 256;  // 255 registers a thread: the double finish 
 // before any is used, so a channel costs one memory latency per pass (m <=
 // 32 * kTinyChunk = 256, as the automatic choice guarantees, is one chunk).
 constexpr int kTinyChunk = 8;
-
-// Value j (0 <= j < m) of channel ch. The single-block path runs only for
-// m < 2^32 (host/plan.cpp), so a 32-bit division finds the sample (a 64-bit
-// one is a call, around which ptxas spills).
-struct ChannelIndex {
-  int64_t c, spatial;
-  bool major;
-  __device__ __forceinline__ int64_t operator()(int64_t ch, int64_t j) const {
-    if (!major) return j * c + ch;
-    const int64_t q = int64_t(uint32_t(j) / uint32_t(spatial));
-    return (q * c + ch) * spatial + (j - q * spatial);
-  }
-};
 
 __device__ __forceinline__ float broadcast(float v) { return __shfl_sync(kFullMask, v, 0); }
 
@@ -189,10 +177,6 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
   }
 }
 
-ChannelIndex index_of(const Tensor& t) {
-  return ChannelIndex{t.c, t.spatial, t.order == Order::ChannelMajor};
-}
-
 }  // namespace
 
 cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) {
@@ -204,7 +188,7 @@ cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t str
       if (e != cudaSuccess) return e;
     }
     BNORM_LAUNCH((tiny_forward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
-                 static_cast<T*>(a.y), index_of(a.t), p, a.ep);
+                 static_cast<T*>(a.y), channel_index(a.t), p, a.ep);
     return cudaGetLastError();
   });
 }
@@ -238,7 +222,7 @@ cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream) {
       g.stat = sp.ws_rstd;
     }
     BNORM_LAUNCH((tiny_backward<T>), 1, kTinyThreads, 0, stream, static_cast<const T*>(a.x),
-                 static_cast<const T*>(a.dy), static_cast<T*>(a.dx), index_of(a.t), g, sp,
+                 static_cast<const T*>(a.dy), static_cast<T*>(a.dx), channel_index(a.t), g, sp,
                  recompute, a.ep);
     return cudaGetLastError();
   });

@@ -17,10 +17,13 @@
 #                         training demo in the emulated build (libbnorm_cublas_emu)
 #   gnuplot-nox           draws the training demo's curves to a PNG (no X needed)
 #   pkg-config            the packaging test builds a consumer through bnorm_emu.pc
+#   clang-14,             libFuzzer: `make test-fuzz` builds the emulated
+#   libclang-rt-14-dev    library and fuzz/bnorm_fuzz with clang's
+#                         -fsanitize=fuzzer,address,undefined (its runtimes)
 set -euo pipefail
 
 packages=(cmake g++ make libgtest-dev libboost-context-dev python3-torch python3-pytest
-          libopenblas-dev gnuplot-nox pkg-config)
+          libopenblas-dev gnuplot-nox pkg-config clang-14 libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

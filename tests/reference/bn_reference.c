@@ -54,7 +54,8 @@ static void channel_stats(const bnref_shape* sh, const double* x, int64_t ch, do
   dmean = ksum_value(&sd) / (double)m;
   var = ksum_value(&sd2) / (double)m - dmean * dmean;
   *mean_out = mean + dmean;
-  *var_out = var > 0.0 ? var : 0.0; /* variance is never negative */
+  /* Never negative; a NaN (from a NaN or an infinity in x) stays NaN, as in PyTorch. */
+  *var_out = var < 0.0 ? 0.0 : var;
 }
 
 void bnref_batch_stats(const bnref_shape* sh, const double* x, double eps, double* mean,

@@ -1,0 +1,1207 @@
+// libFuzzer harness: drives every public call of the emulated build with
+// whatever the input says — descriptors, dtypes, layouts and enums in and
+// out of range, sizes up to overflowing products, config fields (size,
+// magic, eps and factor NaN, inf, negative), workspace sizes, NULL, shifted,
+// misaligned and aliased pointers — over real allocations.
+//
+// The oracle, for every call:
+//  - An independent model of the contract in include/bnorm.h lists the rules
+//    the arguments break. None: the call must succeed. Some: it must fail,
+//    with one of those rules' statuses and a message that names the call.
+//  - All pointers point into one arena allocated at its exact size (ASan
+//    sees any access outside it). The arena is compared byte for byte after
+//    the call: a failed call changed nothing at all; a successful one changed
+//    only its outputs (the workspace only in the bytes the size query asked
+//    for; m == 0 nothing, or dgamma/dbeta zeroed).
+//  - Outputs of a successful call match the double-precision reference
+//    (tests/reference) within error bounds derived from the inputs'
+//    magnitudes, on every channel whose inputs are finite and moderate
+//    (aliased inputs of different types give arbitrary values; channels
+//    with non-finite values are checked for NaN propagation instead).
+// A violation aborts with a description (libFuzzer then saves the input).
+//
+// Shapes are kept small when they are real (the emulator runs every CUDA
+// thread as a fiber); huge and invalid extents are passed with the pointers
+// that such a call would need replaced by NULL (or a too-small workspace),
+// so that the call must fail before it touches memory.
+#include <bnorm.h>
+#include <bnorm_emu.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <fuzzer/FuzzedDataProvider.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdarg>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "bn_reference.h"
+
+namespace {
+
+// ---- failure reporting -----------------------------------------------------------------
+
+std::string g_story;  // what this input asked for, printed with any failure
+
+[[noreturn]] void violation(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void violation(const char* fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  std::fprintf(stderr, "\nbnorm_fuzz: CONTRACT VIOLATION: ");
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "\n  input: %s\n  last message: \"%s\"\n", g_story.c_str(),
+               bnormGetLastErrorMessage());
+  std::fflush(stderr);
+  std::abort();
+}
+
+void story(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void story(const char* fmt, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, fmt);
+  std::vsnprintf(buf, sizeof buf, fmt, ap);
+  va_end(ap);
+  g_story += buf;
+}
+
+// ---- the calls and their arguments ------------------------------------------------------
+
+enum class Op { kFwdWs, kFwd, kInf, kScaleShift, kBwdWs, kBwd, kFrzWs, kFrz, kCount };
+
+const char* op_name(Op op) {
+  switch (op) {
+    case Op::kFwdWs: return "bnormGetForwardTrainingWorkspaceSize";
+    case Op::kFwd: return "bnormForwardTraining";
+    case Op::kInf: return "bnormForwardInference";
+    case Op::kScaleShift: return "bnormGetInferenceScaleShift";
+    case Op::kBwdWs: return "bnormGetBackwardWorkspaceSize";
+    case Op::kBwd: return "bnormBackward";
+    case Op::kFrzWs: return "bnormGetBackwardFrozenWorkspaceSize";
+    case Op::kFrz: return "bnormBackwardFrozen";
+    default: return "?";
+  }
+}
+
+enum Slot {
+  kX, kY, kDy, kDx, kGamma, kBeta, kRunMean, kRunVar, kStep, kSavedMean, kSavedRstd,
+  kDGamma, kDBeta, kScale, kShift, kWorkspace, kSlots
+};
+const char* const kSlotName[kSlots] = {
+    "x",           "y",          "dy",         "dx",         "gamma",  "beta",  "running_mean",
+    "running_var", "step_count", "saved_mean", "saved_rstd", "dgamma", "dbeta", "scale",
+    "shift",       "workspace"};
+
+std::vector<Slot> slots_of(Op op) {
+  switch (op) {
+    case Op::kFwd:
+      return {kX, kY, kGamma, kBeta, kRunMean, kRunVar, kStep, kSavedMean, kSavedRstd, kWorkspace};
+    case Op::kInf: return {kX, kY, kGamma, kBeta, kRunMean, kRunVar};
+    case Op::kScaleShift: return {kGamma, kBeta, kRunMean, kRunVar, kScale, kShift};
+    case Op::kBwd:
+      return {kX, kDy, kDx, kGamma, kSavedMean, kSavedRstd, kDGamma, kDBeta, kWorkspace};
+    case Op::kFrz: return {kX, kDy, kDx, kGamma, kRunMean, kRunVar, kDGamma, kDBeta, kWorkspace};
+    default: return {};
+  }
+}
+
+// Outputs of each call (written on success); everything else is read only.
+bool is_output(Op op, Slot s) {
+  switch (s) {
+    case kY: case kDx: case kSavedMean: case kSavedRstd: case kDGamma: case kDBeta: case kScale:
+    case kShift: case kWorkspace:
+      return !(op == Op::kBwd && (s == kSavedMean || s == kSavedRstd));
+    case kRunMean: case kRunVar: case kStep: return op == Op::kFwd;
+    default: return false;
+  }
+}
+
+// ---- interesting values -------------------------------------------------------------------
+
+constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+double interesting_double(FuzzedDataProvider& f) {
+  static const double v[] = {0.0,   -0.0,  1e-5,  1e-3,   0.1,     0.5,  1.0,
+                             std::nextafter(1.0, 2.0),    2.0,     -1e-300, -1.0, kNaN,
+                             -kNaN, kInf,  -kInf, 4.9e-324, 1.7976931348623157e308, 1e300,
+                             1e-12, 0.999};
+  const size_t i = f.ConsumeIntegralInRange<size_t>(0, sizeof v / sizeof v[0]);
+  return i < sizeof v / sizeof v[0] ? v[i] : f.ConsumeFloatingPoint<double>();
+}
+
+int64_t wild_extent(FuzzedDataProvider& f) {
+  static const int64_t v[] = {-1,
+                              0,
+                              1,
+                              2,
+                              3,
+                              (int64_t(1) << 31) - 1,
+                              int64_t(1) << 31,
+                              (int64_t(1) << 32) - 1,
+                              int64_t(1) << 32,
+                              (int64_t(1) << 32) + 1,
+                              int64_t(1) << 40,
+                              int64_t(1) << 61,
+                              int64_t(1) << 62,
+                              std::numeric_limits<int64_t>::max(),
+                              std::numeric_limits<int64_t>::min(),
+                              -(int64_t(1) << 32)};
+  const size_t i = f.ConsumeIntegralInRange<size_t>(0, sizeof v / sizeof v[0]);
+  return i < sizeof v / sizeof v[0] ? v[i] : f.ConsumeIntegral<int64_t>();
+}
+
+int raw_enum(FuzzedDataProvider& f, int valid) {
+  const int i = f.ConsumeIntegralInRange<int>(0, valid + 1);
+  if (i < valid) return i;
+  return i == valid ? -1 : f.ConsumeIntegral<int>();
+}
+
+template <class E>
+void set_raw(E& e, int v) {
+  static_assert(sizeof(E) == sizeof(int), "int-sized enum");
+  std::memcpy(&e, &v, sizeof v);
+}
+template <class E>
+int get_raw(const E& e) {
+  int v;
+  std::memcpy(&v, &e, sizeof v);
+  return v;
+}
+
+// ---- values in the three activation types ----------------------------------------------------
+
+size_t elem_size(int dtype) { return dtype == BNORM_DATA_FLOAT ? 4 : 2; }
+
+double load(const uint8_t* p, int dtype) {
+  switch (dtype) {
+    case BNORM_DATA_HALF: {
+      __half h;
+      std::memcpy(&h, p, 2);
+      return __half2float(h);
+    }
+    case BNORM_DATA_BFLOAT16: {
+      __nv_bfloat16 h;
+      std::memcpy(&h, p, 2);
+      return __bfloat162float(h);
+    }
+    default: {
+      float v;
+      std::memcpy(&v, p, 4);
+      return v;
+    }
+  }
+}
+
+void store(uint8_t* p, int dtype, double v) {
+  const float f = float(v);
+  switch (dtype) {
+    case BNORM_DATA_HALF: {
+      const __half h = __float2half_rn(f);
+      std::memcpy(p, &h, 2);
+      break;
+    }
+    case BNORM_DATA_BFLOAT16: {
+      const __nv_bfloat16 h = __float2bfloat16_rn(f);
+      std::memcpy(p, &h, 2);
+      break;
+    }
+    default: std::memcpy(p, &f, 4);
+  }
+}
+
+// The largest finite output magnitude we compare in each type (beyond it a
+// value may round to infinity in the output type).
+double output_limit(int dtype) {
+  switch (dtype) {
+    case BNORM_DATA_HALF: return 30000.0;
+    case BNORM_DATA_BFLOAT16: return 1e37;
+    default: return 1e37;
+  }
+}
+
+struct Tol {
+  double atol, rtol;
+};
+Tol output_tol(int dtype) {
+  switch (dtype) {
+    case BNORM_DATA_HALF: return {2e-3, 2e-3};
+    case BNORM_DATA_BFLOAT16: return {1.6e-2, 1e-2};
+    default: return {2e-5, 2e-5};
+  }
+}
+
+// ---- the scenario --------------------------------------------------------------------------
+
+constexpr size_t kBudget = size_t(1) << 20;   // bytes of one region we are willing to allocate
+constexpr int64_t kMaxRealElems = 3000;      // elements of a "real" tensor (fibers are slow)
+constexpr size_t kLead = 64;                  // arena bytes before the first region
+constexpr size_t kTail = 64;                  // and after the last
+
+struct Placement {
+  bool present = false;  // false: NULL
+  size_t pos = 0;        // offset in the arena (from an aligned base)
+  size_t bytes = 0;      // the size the contract requires of it
+};
+
+bool overlaps(const Placement& a, const Placement& b) {
+  return a.present && b.present && a.bytes && b.bytes && a.pos < b.pos + b.bytes &&
+         b.pos < a.pos + a.bytes;
+}
+
+struct Scenario {
+  Op op;
+  int handle_kind;  // 0 the shared one, 1 NULL, 2 not made by bnormCreate, 3 a fresh one
+  bool pass_desc;
+  bnormTensorDesc_t desc;
+  bool pass_config;
+  bnormConfig_t config;
+  int64_t c_arg;  // bnormGetInferenceScaleShift's c
+  size_t workspace_bytes;  // set at run time from ws_kind and the size query
+  int ws_kind;
+  uint64_t ws_random;
+  bool pass_ws_out;
+  // Where each pointer goes: kind 0 NULL, 1 a region of its own, `gap`
+  // bytes after the previous one, misaligned by `misalign` bytes; 7 `delta`
+  // bytes from the region of an earlier slot `target` (aliasing, partial
+  // overlap). A region larger than kBudget is NULL whatever the kind.
+  struct Spec {
+    int kind, target, delta, misalign, gap;
+  } spec[kSlots];
+  Placement place[kSlots];  // computed at run time from spec and the sizes
+  uint64_t data_seed;
+  int special;  // 0 none; else how many special values to plant
+  bool consistent_saved;
+  int64_t step0;
+  bool random_schedule;
+  uint64_t schedule_seed;
+};
+
+// The model's view of the descriptor and config (none of the library's code).
+struct Model {
+  bool desc_ok = false, config_ok = false;
+  int dtype = 0;
+  size_t elem = 4;
+  int64_t n = 0, c = 0, spatial = 0, numel = 0, m = 0;
+  size_t bytes = 0;   // tensor bytes (valid desc)
+  size_t cbytes = 0;  // per-channel bytes
+  double eps = 1e-5, factor = 0.1;
+  int average = 0;
+  std::set<int> violated;  // statuses of the rules broken
+};
+
+bool uses_desc(Op op) { return op != Op::kScaleShift; }
+
+Model model_header(const Scenario& s) {
+  Model md;
+  auto bad = [&](bnormStatus_t st) { md.violated.insert(int(st)); };
+  // config
+  const bnormConfig_t defaults = BNORM_CONFIG_INITIALIZER;
+  const bnormConfig_t& cfg = s.pass_config ? s.config : defaults;
+  const size_t v0_end = offsetof(bnormConfig_t, average) + sizeof(int);
+  const size_t path_end = offsetof(bnormConfig_t, path) + sizeof(int);
+  md.config_ok = true;
+  if (cfg.size < v0_end || cfg.magic != BNORM_CONFIG_MAGIC || !(cfg.eps >= 0.0) ||
+      !std::isfinite(cfg.eps))
+    md.config_ok = false;
+  md.average = get_raw(cfg.average);
+  if (md.average != 0 && md.average != 1) md.config_ok = false;
+  if (s.op == Op::kFwd && md.average == BNORM_AVERAGE_EXPONENTIAL &&
+      !(cfg.exponential_average_factor >= 0.0 && cfg.exponential_average_factor <= 1.0))
+    md.config_ok = false;
+  if (cfg.size >= path_end) {
+    const int path = get_raw(cfg.path);
+    if (path < 0 || path > 2) md.config_ok = false;
+  }
+  md.eps = cfg.eps;
+  md.factor = cfg.exponential_average_factor;
+  if (!md.config_ok) bad(BNORM_STATUS_INVALID_VALUE);
+
+  if (s.handle_kind == 1 || s.handle_kind == 2) bad(BNORM_STATUS_BAD_HANDLE);
+
+  if (!uses_desc(s.op)) {
+    md.c = s.c_arg;
+    md.desc_ok = s.c_arg >= 1 && s.c_arg <= 2147483647;
+    if (!md.desc_ok) bad(BNORM_STATUS_BAD_SHAPE);
+    if (md.desc_ok) md.cbytes = size_t(md.c) * 4;
+    return md;
+  }
+  if (!s.pass_desc) {
+    bad(BNORM_STATUS_NULL_POINTER);
+    return md;
+  }
+  const bnormTensorDesc_t& d = s.desc;
+  md.dtype = get_raw(d.dtype);
+  const int layout = get_raw(d.layout);
+  bool ok = true;
+  if (md.dtype < 0 || md.dtype > 2 || layout < 0 || layout > 1) {
+    bad(BNORM_STATUS_INVALID_VALUE);
+    ok = false;
+  }
+  md.elem = (md.dtype >= 0 && md.dtype <= 2) ? elem_size(md.dtype) : 4;
+  int64_t p1, p2, p3;
+  if (d.n < 0 || d.c < 1 || d.c > 2147483647 || d.spatial < 1 ||
+      __builtin_mul_overflow(d.n, d.c, &p1) || __builtin_mul_overflow(p1, d.spatial, &p2) ||
+      __builtin_mul_overflow(p2, int64_t(md.elem), &p3)) {
+    bad(BNORM_STATUS_BAD_SHAPE);
+    ok = false;
+  }
+  md.desc_ok = ok;
+  if (ok) {
+    md.n = d.n;
+    md.c = d.c;
+    md.spatial = d.spatial;
+    md.numel = p2;
+    md.m = d.n * d.spatial;
+    md.bytes = size_t(p3);
+    md.cbytes = size_t(d.c) * 4;
+  }
+  return md;
+}
+
+// The rules on pointers, alignment, aliasing, batch and workspace, for a
+// call whose handle, descriptor and config are valid.
+void model_pointers(const Scenario& s, const uint8_t* base, size_t need, Model& md) {
+  auto bad = [&](bnormStatus_t st) { md.violated.insert(int(st)); };
+  const Placement* pl = s.place;
+  auto ptr = [&](Slot k) -> uintptr_t {
+    return pl[k].present ? reinterpret_cast<uintptr_t>(base + pl[k].pos) : 0;
+  };
+  auto req = [&](Slot k) {
+    if (!pl[k].present) bad(BNORM_STATUS_NULL_POINTER);
+  };
+  auto pair = [&](Slot a, Slot b) {
+    if (pl[a].present != pl[b].present) bad(BNORM_STATUS_NULL_POINTER);
+  };
+  auto align = [&](Slot k, size_t a) {
+    if (pl[k].present && ptr(k) % a) bad(BNORM_STATUS_MISALIGNED);
+  };
+  // Overlap: any output against any other region, except same-pointer
+  // in-place pairs.
+  auto no_overlap = [&](const std::vector<Slot>& regions,
+                        const std::vector<std::pair<Slot, Slot>>& in_place, const Placement* eff) {
+    for (size_t i = 0; i < regions.size(); ++i)
+      for (size_t j = i + 1; j < regions.size(); ++j) {
+        const Slot a = regions[i], b = regions[j];
+        if (!is_output(s.op, a) && !is_output(s.op, b)) continue;
+        if (!overlaps(eff[a], eff[b])) continue;
+        bool allowed = false;
+        for (auto [p, q] : in_place)
+          if (((p == a && q == b) || (p == b && q == a)) && eff[a].pos == eff[b].pos &&
+              eff[a].bytes == eff[b].bytes)
+            allowed = true;
+        if (!allowed) bad(BNORM_STATUS_BAD_ALIASING);
+      }
+  };
+  auto workspace = [&]() {
+    if (s.workspace_bytes < need) bad(BNORM_STATUS_WORKSPACE_TOO_SMALL);
+    if (need > 0 && !pl[kWorkspace].present) bad(BNORM_STATUS_NULL_POINTER);
+    align(kWorkspace, 16);
+  };
+  // Regions as the rules see them: the workspace covers what the call writes.
+  Placement eff[kSlots];
+  for (int k = 0; k < kSlots; ++k) eff[k] = pl[k];
+  eff[kWorkspace].bytes = std::min(s.workspace_bytes, need);
+
+  const bool has_data = md.bytes > 0;
+  switch (s.op) {
+    case Op::kFwd: {
+      const bool tracking = pl[kRunMean].present || pl[kRunVar].present;
+      const bool cumulative = md.average == BNORM_AVERAGE_CUMULATIVE;
+      if (has_data) req(kX), req(kY);
+      pair(kRunMean, kRunVar);
+      pair(kSavedMean, kSavedRstd);
+      if (tracking && cumulative) req(kStep), align(kStep, 8);
+      align(kX, md.elem), align(kY, md.elem);
+      for (Slot k : {kGamma, kBeta, kRunMean, kRunVar, kSavedMean, kSavedRstd}) align(k, 4);
+      if (!(tracking && cumulative)) eff[kStep].present = false;  // ignored
+      no_overlap(slots_of(s.op), {{kY, kX}}, eff);
+      if (md.m == 1) bad(BNORM_STATUS_BATCH_TOO_SMALL);
+      workspace();
+      break;
+    }
+    case Op::kInf:
+      if (has_data) req(kX), req(kY);
+      req(kRunMean), req(kRunVar);
+      align(kX, md.elem), align(kY, md.elem);
+      for (Slot k : {kGamma, kBeta, kRunMean, kRunVar}) align(k, 4);
+      no_overlap(slots_of(s.op), {{kY, kX}}, eff);
+      break;
+    case Op::kScaleShift:
+      for (Slot k : {kRunMean, kRunVar, kScale, kShift}) req(k);
+      for (Slot k : {kGamma, kBeta, kRunMean, kRunVar, kScale, kShift}) align(k, 4);
+      no_overlap(slots_of(s.op), {}, eff);
+      break;
+    case Op::kBwd:
+    case Op::kFrz: {
+      const bool frozen = s.op == Op::kFrz;
+      const bool grads = pl[kDGamma].present || pl[kDBeta].present;
+      const Slot mean = frozen ? kRunMean : kSavedMean, stat = frozen ? kRunVar : kSavedRstd;
+      if (has_data) {
+        if (!frozen || grads) req(kX);
+        req(kDy), req(kDx);
+      }
+      if (frozen) req(mean), req(stat);
+      pair(mean, stat);
+      pair(kDGamma, kDBeta);
+      align(kX, md.elem), align(kDy, md.elem), align(kDx, md.elem);
+      for (Slot k : {kGamma, mean, stat, kDGamma, kDBeta}) align(k, 4);
+      no_overlap(slots_of(s.op), {{kDx, kDy}, {kDx, kX}}, eff);
+      if (md.m == 1 && !frozen) bad(BNORM_STATUS_BATCH_TOO_SMALL);
+      workspace();
+      break;
+    }
+    default: break;
+  }
+}
+
+// ---- decoding an input into a scenario ------------------------------------------------------
+
+bool optional_slot(Slot k) {
+  return k == kGamma || k == kBeta || k == kRunMean || k == kRunVar || k == kStep ||
+         k == kSavedMean || k == kSavedRstd || k == kDGamma || k == kDBeta;
+}
+
+// An input that runs out of bytes reads zeros: every choice below is
+// arranged so that 0 means the common, valid case, and rare(f, n) is true
+// with probability 1/n only where the input says so.
+bool rare(FuzzedDataProvider& f, int n) { return f.ConsumeIntegralInRange<int>(0, n - 1) == n - 1; }
+
+Scenario decode(FuzzedDataProvider& f) {
+  Scenario s{};
+  s.op = Op(f.ConsumeIntegralInRange<int>(0, int(Op::kCount) - 1));
+  const int hk = f.ConsumeIntegralInRange<int>(0, 15);
+  s.handle_kind = hk < 13 ? 0 : hk - 12;  // mostly the shared handle
+  s.pass_desc = !rare(f, 32);
+
+  // The descriptor: a real small shape, or wild extents.
+  set_raw(s.desc.dtype, rare(f, 16) ? raw_enum(f, 3) : f.ConsumeIntegralInRange<int>(0, 2));
+  set_raw(s.desc.layout, rare(f, 16) ? raw_enum(f, 2) : f.ConsumeIntegralInRange<int>(0, 1));
+  const int shape_kind = f.ConsumeIntegralInRange<int>(0, 7);
+  if (shape_kind < 6) {
+    s.desc.n = f.ConsumeIntegralInRange<int64_t>(0, shape_kind == 1 ? 2 : 9) + (shape_kind == 0 ? 2 : 0);
+    s.desc.c = f.ConsumeIntegralInRange<int64_t>(1, shape_kind == 2 ? 80 : 40);
+    s.desc.spatial = f.ConsumeIntegralInRange<int64_t>(1, shape_kind == 3 ? 400 : 40);
+    while (s.desc.n * s.desc.c * s.desc.spatial > kMaxRealElems) {
+      if (s.desc.spatial > 1) {
+        s.desc.spatial /= 2;
+      } else {
+        s.desc.n /= 2;
+      }
+    }
+  } else {
+    // Each extent wild or small, independently.
+    s.desc.n = f.ConsumeBool() ? wild_extent(f) : f.ConsumeIntegralInRange<int64_t>(0, 4);
+    s.desc.c = f.ConsumeBool() ? wild_extent(f) : f.ConsumeIntegralInRange<int64_t>(1, 8);
+    s.desc.spatial = f.ConsumeBool() ? wild_extent(f) : f.ConsumeIntegralInRange<int64_t>(1, 8);
+  }
+  s.c_arg = rare(f, 8) ? wild_extent(f) : f.ConsumeIntegralInRange<int64_t>(1, 200);
+
+  // The config.
+  s.pass_config = !rare(f, 16);
+  s.config = BNORM_CONFIG_INITIALIZER;
+  if (rare(f, 8)) {
+    const size_t v0_end = offsetof(bnormConfig_t, average) + sizeof(int);
+    const size_t sizes[] = {sizeof(bnormConfig_t) + 8, v0_end, v0_end - 1, 0,
+                            offsetof(bnormConfig_t, path) + 3, sizeof(bnormConfig_t)};
+    s.config.size = sizes[f.ConsumeIntegralInRange<size_t>(0, 5)];
+  }
+  if (rare(f, 16)) s.config.magic = f.ConsumeIntegral<unsigned>();
+  if (rare(f, 8)) s.config.version = f.ConsumeIntegral<unsigned>();
+  if (rare(f, 4)) s.config.eps = interesting_double(f);
+  if (rare(f, 4)) s.config.exponential_average_factor = interesting_double(f);
+  set_raw(s.config.average, rare(f, 8) ? raw_enum(f, 2) : f.ConsumeIntegralInRange<int>(0, 1));
+  set_raw(s.config.path, rare(f, 8) ? raw_enum(f, 3) : f.ConsumeIntegralInRange<int>(0, 2));
+
+  // Data.
+  s.data_seed = f.ConsumeIntegral<uint64_t>();
+  s.special = rare(f, 8) ? f.ConsumeIntegralInRange<int>(1, 4) : 0;
+  s.consistent_saved = !rare(f, 2);
+  s.step0 = rare(f, 16) ? f.ConsumeIntegralInRange<int64_t>(0, int64_t(1) << 50)
+                        : f.ConsumeIntegralInRange<int64_t>(0, 100);
+  s.random_schedule = rare(f, 4);
+  s.schedule_seed = f.ConsumeIntegral<uint32_t>();
+  s.pass_ws_out = !rare(f, 32);
+  // Pointers (last: they take the most bytes; the call's own slots only).
+  for (Slot k : slots_of(s.op)) {
+    Scenario::Spec& p = s.spec[k];
+    const int r = f.ConsumeIntegralInRange<int>(0, 15);
+    if (optional_slot(Slot(k))) {
+      p.kind = r < 9 ? 1 : r < 11 ? 7 : 0;
+    } else {
+      p.kind = r < 13 ? 1 : r < 15 ? 7 : 0;
+    }
+    p.target = f.ConsumeIntegralInRange<int>(0, kSlots - 1);
+    static const int units[] = {1, 2, 4, 16, 64};
+    p.delta = f.ConsumeBool() ? f.ConsumeIntegralInRange<int>(-8, 8) *
+                                    units[f.ConsumeIntegralInRange<int>(0, 4)]
+                              : 0;
+    p.misalign = rare(f, 16) ? 1 << f.ConsumeIntegralInRange<int>(0, 3) : 0;
+    p.gap = rare(f, 4) ? f.ConsumeIntegralInRange<int>(0, 300) : 0;
+  }
+  // Pairs that the contract wants both-or-neither mostly follow each other.
+  for (auto [a, b] : {std::pair<Slot, Slot>{kRunMean, kRunVar}, {kSavedMean, kSavedRstd},
+                      {kDGamma, kDBeta}, {kGamma, kBeta}}) {
+    if (!rare(f, 16) && (s.spec[a].kind == 0) != (s.spec[b].kind == 0))
+      s.spec[b].kind = s.spec[a].kind == 0 ? 0 : 1;
+  }
+  s.ws_kind = rare(f, 3) ? f.ConsumeIntegralInRange<int>(1, 6) : 0;
+  s.ws_random = f.ConsumeIntegral<uint64_t>();
+
+  return s;
+}
+
+size_t choose_workspace_bytes(const Scenario& s, size_t need) {
+  switch (s.ws_kind) {
+    case 1: return need ? need - 1 : 0;
+    case 2: return need >= 16 ? need - 16 : 0;
+    case 3: return need + 1 + s.ws_random % 64;
+    case 4: return s.ws_random % (2 * need + 64);
+    case 5: return std::numeric_limits<size_t>::max();
+    case 6: return 0;
+    default: return need;
+  }
+}
+
+// ---- statistics, printed at exit (how much of what ran was checked) -----------------------
+
+struct Stats {
+  uint64_t calls[int(Op::kCount)] = {}, ok[int(Op::kCount)] = {}, computed[int(Op::kCount)] = {};
+  uint64_t checked_values = 0, checked_channels = 0, skipped_channels = 0, nan_channels = 0;
+} g_stats;
+
+void print_stats() {
+  std::fprintf(stderr, "bnorm_fuzz: %-40s %10s %10s %12s\n", "call", "calls", "succeeded",
+               "computed");
+  for (int i = 0; i < int(Op::kCount); ++i)
+    std::fprintf(stderr, "bnorm_fuzz: %-40s %10llu %10llu %12llu\n", op_name(Op(i)),
+                 (unsigned long long)g_stats.calls[i], (unsigned long long)g_stats.ok[i],
+                 (unsigned long long)g_stats.computed[i]);
+  std::fprintf(stderr,
+               "bnorm_fuzz: outputs checked against the reference: %llu values in %llu channels; "
+               "%llu channels with non-finite or extreme inputs skipped, %llu NaN channels checked "
+               "for propagation\n",
+               (unsigned long long)g_stats.checked_values,
+               (unsigned long long)g_stats.checked_channels,
+               (unsigned long long)g_stats.skipped_channels,
+               (unsigned long long)g_stats.nan_channels);
+}
+
+// ---- one call ----------------------------------------------------------------------------
+
+bnormHandle_t g_handle = nullptr;
+cudaStream_t g_stream = nullptr;
+
+bnormStatus_t ws_query(Op op, bnormHandle_t h, const bnormTensorDesc_t* d, const bnormConfig_t* c,
+                       size_t* out) {
+  switch (op) {
+    case Op::kFwd: case Op::kFwdWs: return bnormGetForwardTrainingWorkspaceSize(h, d, c, out);
+    case Op::kBwd: case Op::kBwdWs: return bnormGetBackwardWorkspaceSize(h, d, c, out);
+    case Op::kFrz: case Op::kFrzWs: return bnormGetBackwardFrozenWorkspaceSize(h, d, c, out);
+    default: return BNORM_STATUS_INTERNAL_ERROR;
+  }
+}
+
+void expect_message(Op op, bnormStatus_t st) {
+  const char* msg = bnormGetLastErrorMessage();
+  if (st == BNORM_STATUS_SUCCESS) {
+    if (msg[0] != '\0') violation("%s succeeded but left the message \"%s\"", op_name(op), msg);
+    return;
+  }
+  const std::string want = std::string(op_name(op)) + ": ";
+  if (std::strncmp(msg, want.c_str(), want.size()) != 0 || std::strlen(msg) <= want.size())
+    violation("%s failed with %d but its message does not name the call", op_name(op), int(st));
+}
+
+void expect_status(Op op, bnormStatus_t st, const Model& md) {
+  if (md.violated.empty()) {
+    if (st != BNORM_STATUS_SUCCESS)
+      violation("%s rejected a valid call with %d (%s)", op_name(op), int(st),
+                bnormGetStatusString(st));
+    return;
+  }
+  if (st == BNORM_STATUS_SUCCESS || !md.violated.count(int(st))) {
+    std::string set;
+    for (int v : md.violated) set += std::to_string(v) + " ";
+    violation("%s returned %d; the arguments break rules with statuses { %s}", op_name(op),
+              int(st), set.c_str());
+  }
+}
+
+bool moderate(double v) { return std::isfinite(v) && std::fabs(v) <= 1e6; }
+
+void near(const char* what, double got, double want, double tol, int64_t ch, int64_t j) {
+  ++g_stats.checked_values;
+  if (!(std::fabs(got - want) <= tol))
+    violation("%s[channel %lld, value %lld] = %.9g, reference %.9g (tolerance %.3g)", what,
+              (long long)ch, (long long)j, got, want, tol);
+}
+
+// The arena of one call: every region at its place, a snapshot before the
+// call, and typed access to either.
+struct Arena {
+  const Scenario* s = nullptr;
+  const Model* md = nullptr;
+  void* raw = nullptr;
+  uint8_t* base = nullptr;
+  size_t total = 0;
+  std::vector<uint8_t> before, after;
+  int layout = 0;
+
+  void* ptr(Slot k) const { return s->place[k].present ? base + s->place[k].pos : nullptr; }
+  bool has(Slot k) const { return s->place[k].present; }
+  const uint8_t* at(const std::vector<uint8_t>& v, Slot k) const { return v.data() + s->place[k].pos; }
+  float f32(const std::vector<uint8_t>& v, Slot k, int64_t i) const {
+    float x;
+    std::memcpy(&x, at(v, k) + 4 * i, 4);
+    return x;
+  }
+  // Channel parameter i of slot k (NULL: `dflt`), from the snapshot.
+  double param(Slot k, int64_t i, double dflt) const { return has(k) ? f32(before, k, i) : dflt; }
+  int64_t off(int64_t ch, int64_t j) const {
+    const int64_t i = j / md->spatial, sp = j % md->spatial;
+    return layout == BNORM_LAYOUT_NHWC ? (i * md->spatial + sp) * md->c + ch
+                                       : (i * md->c + ch) * md->spatial + sp;
+  }
+  std::vector<double> tensor(const std::vector<uint8_t>& v, Slot k) const {
+    std::vector<double> t(size_t(md->numel), 0.0);
+    if (!has(k)) return t;
+    for (int64_t i = 0; i < md->numel; ++i) t[size_t(i)] = load(at(v, k) + i * md->elem, md->dtype);
+    return t;
+  }
+  bnref_shape shape() const {
+    return {layout == BNORM_LAYOUT_NHWC ? BNREF_NHWC : BNREF_NCHW, md->n, md->c, md->spatial};
+  }
+};
+
+const char* slot_at(const Scenario& s, const std::vector<Slot>& used, size_t pos) {
+  for (Slot k : used)
+    if (s.place[k].present && pos >= s.place[k].pos && pos < s.place[k].pos + s.place[k].bytes)
+      return kSlotName[k];
+  return "no argument's region";
+}
+
+void fill(Arena& a, const std::vector<Slot>& used) {
+  const Scenario& s = *a.s;
+  const Model& md = *a.md;
+  uint8_t* b = a.base;
+  for (size_t i = 0; i < a.total; ++i) b[i] = uint8_t(i * 131 + 7);
+  // Pure outputs first (poisoned: NaN), then inputs (so y == x holds x).
+  for (Slot k : used)
+    if (a.has(k) && is_output(s.op, k) && !(s.op == Op::kFwd && (k == kRunMean || k == kRunVar || k == kStep)))
+      std::memset(b + s.place[k].pos, 0xff, s.place[k].bytes);
+  std::mt19937_64 rng(s.data_seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto floats = [&](Slot k, double lo, double hi, bool signs) {
+    if (!a.has(k) || !md.desc_ok) return;
+    for (int64_t i = 0; i < md.c; ++i) {
+      float v = float(lo + (hi - lo) * u(rng));
+      if (signs && i % 3 == 0) v = -v;
+      std::memcpy(b + s.place[k].pos + 4 * i, &v, 4);
+    }
+  };
+  auto activations = [&](Slot k, double mlo, double mhi, double slo, double shi) {
+    if (!a.has(k) || !md.desc_ok || !md.numel) return;
+    for (int64_t ch = 0; ch < md.c; ++ch) {
+      const double mean = mlo + (mhi - mlo) * u(rng), sd = slo + (shi - slo) * u(rng);
+      for (int64_t j = 0; j < md.m; ++j)
+        store(b + s.place[k].pos + a.off(ch, j) * md.elem, md.dtype, mean + sd * nd(rng));
+    }
+  };
+  const bool tensors = md.desc_ok && uses_desc(s.op);
+  if (tensors) {
+    activations(kX, -3.0, 3.0, 0.5, 2.0);
+    if (s.op == Op::kBwd || s.op == Op::kFrz) activations(kDy, -0.5, 0.5, 0.5, 1.5);
+  }
+  floats(kGamma, 0.5, 1.5, true);
+  floats(kBeta, -1.0, 1.0, false);
+  floats(kRunMean, -1.0, 1.0, false);
+  floats(kRunVar, 0.5, 2.0, false);
+  if (s.op == Op::kBwd) {
+    if (s.consistent_saved && tensors && md.m > 0 && a.has(kX) && a.has(kSavedMean) &&
+        a.has(kSavedRstd)) {
+      // The statistics a forward call would have saved.
+      std::vector<uint8_t> now(b, b + a.total);
+      const std::vector<double> x = a.tensor(now, kX);
+      std::vector<double> mean(size_t(md.c)), rstd(size_t(md.c));
+      const bnref_shape sh = a.shape();
+      bnref_batch_stats(&sh, x.data(), md.eps, mean.data(), nullptr, rstd.data());
+      for (int64_t i = 0; i < md.c; ++i) {
+        const float mv = float(mean[size_t(i)]), rv = float(rstd[size_t(i)]);
+        std::memcpy(b + s.place[kSavedMean].pos + 4 * i, &mv, 4);
+        std::memcpy(b + s.place[kSavedRstd].pos + 4 * i, &rv, 4);
+      }
+    } else {
+      floats(kSavedMean, -3.0, 3.0, false);
+      floats(kSavedRstd, 0.3, 2.0, false);
+    }
+  }
+  if (a.has(kStep) && s.op == Op::kFwd) std::memcpy(b + s.place[kStep].pos, &s.step0, 8);
+  // Special values at fuzzed places.
+  static const double specials[] = {kNaN, kInf, -kInf, 1e-40, 0.0, -0.0, 65504.0, 1e30, 5.96e-8};
+  for (int i = 0; i < s.special && md.desc_ok; ++i) {
+    std::vector<Slot> in;
+    for (Slot k : used)
+      if (a.has(k) && s.place[k].bytes && !(k == kStep || k == kWorkspace) &&
+          (!is_output(s.op, k) || k == kRunMean || k == kRunVar))
+        in.push_back(k);
+    if (in.empty()) break;
+    const Slot k = in[rng() % in.size()];
+    const double v = specials[rng() % (sizeof specials / sizeof specials[0])];
+    const bool tensor = k == kX || k == kDy;
+    const size_t count = tensor ? size_t(md.numel) : size_t(md.c);
+    if (!count) continue;
+    const size_t i_el = rng() % count;
+    if (tensor) {
+      store(b + s.place[k].pos + i_el * md.elem, md.dtype, v);
+    } else {
+      const float fv = float(v);
+      std::memcpy(b + s.place[k].pos + 4 * i_el, &fv, 4);
+    }
+  }
+}
+
+// ---- the checks of a successful data call ----------------------------------------------------
+
+void check_forward(const Arena& a, const Model& md) {
+  const std::vector<double> x = a.tensor(a.before, kX), y = a.tensor(a.after, kY);
+  std::vector<double> mean(size_t(md.c)), var(size_t(md.c)), rstd(size_t(md.c));
+  const bnref_shape sh = a.shape();
+  bnref_batch_stats(&sh, x.data(), md.eps, mean.data(), var.data(), rstd.data());
+  const Tol ot = output_tol(md.dtype);
+  const bool tracking = a.has(kRunMean);
+  const bool cumulative = md.average == BNORM_AVERAGE_CUMULATIVE;
+  int64_t step = 0;
+  if (tracking && cumulative) {
+    std::memcpy(&step, a.at(a.before, kStep), 8);
+    int64_t now;
+    std::memcpy(&now, a.at(a.after, kStep), 8);
+    if (now != step + 1) violation("step_count went from %lld to %lld", (long long)step, (long long)now);
+  }
+  const double f = cumulative ? 1.0 / (1.0 + double(step)) : md.factor;
+  const double m = double(md.m);
+  for (int64_t ch = 0; ch < md.c; ++ch) {
+    const size_t c = size_t(ch);
+    const double g = a.param(kGamma, ch, 1.0), b = a.param(kBeta, ch, 0.0);
+    bool nice = moderate(g) && moderate(b) && std::isfinite(rstd[c]) && rstd[c] <= 1e30;
+    bool has_nan = false;
+    double maxabs = 0.0;
+    for (int64_t j = 0; j < md.m; ++j) {
+      const double v = x[size_t(a.off(ch, j))];
+      nice = nice && moderate(v);
+      has_nan = has_nan || std::isnan(v);
+      maxabs = std::max(maxabs, std::fabs(v));
+    }
+    // Running statistics: factor 0 leaves them bitwise alone, whatever they hold.
+    if (tracking && f == 0.0) {
+      for (Slot k : {kRunMean, kRunVar})
+        if (a.f32(a.after, k, ch) != a.f32(a.before, k, ch) &&
+            !(std::isnan(a.f32(a.after, k, ch)) && std::isnan(a.f32(a.before, k, ch))))
+          violation("%s[%lld] changed with an average factor of 0", kSlotName[k], (long long)ch);
+    }
+    if (has_nan && moderate(g) && moderate(b)) {
+      ++g_stats.nan_channels;
+      // PyTorch's propagation: a NaN makes the channel's statistics and output NaN.
+      if (a.has(kSavedRstd) && !std::isnan(a.f32(a.after, kSavedRstd, ch)))
+        violation("channel %lld holds a NaN but its saved rstd is %g", (long long)ch,
+                  a.f32(a.after, kSavedRstd, ch));
+      for (int64_t j = 0; j < md.m; ++j)
+        if (!std::isnan(y[size_t(a.off(ch, j))]))
+          violation("channel %lld holds a NaN but y[%lld] = %g", (long long)ch, (long long)j,
+                    y[size_t(a.off(ch, j))]);
+      if (tracking && f != 0.0 && !std::isnan(a.f32(a.after, kRunVar, ch)))
+        violation("channel %lld holds a NaN but its running variance is %g", (long long)ch,
+                  a.f32(a.after, kRunVar, ch));
+    }
+    if (!nice) {
+      ++g_stats.skipped_channels;
+      continue;
+    }
+    ++g_stats.checked_channels;
+    const double sd = std::sqrt(var[c]);
+    const double y_scale = 2e-5 * (std::fabs(g) * rstd[c] * (maxabs + std::fabs(mean[c])) +
+                                   std::fabs(g) + std::fabs(b));
+    for (int64_t j = 0; j < md.m; ++j) {
+      const size_t o = size_t(a.off(ch, j));
+      const double want = g * ((x[o] - mean[c]) * rstd[c]) + b;
+      if (!(std::fabs(want) <= output_limit(md.dtype))) continue;
+      near("y", y[o], want, ot.atol + ot.rtol * std::fabs(want) + y_scale, ch, j);
+    }
+    if (a.has(kSavedMean)) {
+      near("saved_mean", a.f32(a.after, kSavedMean, ch), mean[c],
+           2e-5 * (std::fabs(mean[c]) + sd) + 1e-37, ch, -1);
+      near("saved_rstd", a.f32(a.after, kSavedRstd, ch), rstd[c], 1e-4 * rstd[c] + 1e-37, ch, -1);
+    }
+    if (tracking && f != 0.0) {
+      const double rm0 = a.f32(a.before, kRunMean, ch), rv0 = a.f32(a.before, kRunVar, ch);
+      const double unbiased = var[c] * m / (m - 1.0);
+      if (f == 1.0) {  // replaced, even where the old values are not finite
+        near("running_mean", a.f32(a.after, kRunMean, ch), mean[c],
+             2e-5 * (std::fabs(mean[c]) + sd) + 1e-37, ch, -1);
+        near("running_var", a.f32(a.after, kRunVar, ch), unbiased, 1e-4 * unbiased + 1e-37, ch,
+             -1);
+      } else if (moderate(rm0) && moderate(rv0)) {
+        const double keep = 1.0 - f;
+        near("running_mean", a.f32(a.after, kRunMean, ch), keep * rm0 + f * mean[c],
+             2e-5 * (keep * std::fabs(rm0) + f * (std::fabs(mean[c]) + sd)) + 1e-37, ch, -1);
+        near("running_var", a.f32(a.after, kRunVar, ch), keep * rv0 + f * unbiased,
+             2e-5 * keep * std::fabs(rv0) + 1e-4 * f * unbiased + 1e-37, ch, -1);
+      }
+    }
+  }
+}
+
+void check_inference(const Arena& a, const Model& md) {
+  const std::vector<double> x = a.tensor(a.before, kX), y = a.tensor(a.after, kY);
+  const Tol ot = output_tol(md.dtype);
+  for (int64_t ch = 0; ch < md.c; ++ch) {
+    const double g = a.param(kGamma, ch, 1.0), b = a.param(kBeta, ch, 0.0);
+    const double rm = a.param(kRunMean, ch, 0.0), rv = a.param(kRunVar, ch, 1.0);
+    const double scale = g / std::sqrt(rv + md.eps);
+    if (!(moderate(g) && moderate(b) && moderate(rm) && moderate(rv) && rv + md.eps > 0 &&
+          std::fabs(scale) <= 1e30)) {
+      ++g_stats.skipped_channels;
+      continue;
+    }
+    ++g_stats.checked_channels;
+    for (int64_t j = 0; j < md.m; ++j) {
+      const size_t o = size_t(a.off(ch, j));
+      if (!moderate(x[o])) {
+        if (std::isfinite(y[o]) && !std::isfinite(x[o]))
+          violation("inference: non-finite x[channel %lld, value %lld] gave finite y %g",
+                    (long long)ch, (long long)j, y[o]);
+        continue;
+      }
+      const double want = (x[o] - rm) * scale + b;
+      if (!(std::fabs(want) <= output_limit(md.dtype))) continue;
+      near("y", y[o], want,
+           ot.atol + ot.rtol * std::fabs(want) +
+               1e-5 * (std::fabs(scale) * (std::fabs(x[o]) + std::fabs(rm)) + std::fabs(b)),
+           ch, j);
+    }
+  }
+}
+
+void check_scale_shift(const Arena& a, const Model& md) {
+  for (int64_t ch = 0; ch < md.c; ++ch) {
+    const double g = a.param(kGamma, ch, 1.0), b = a.param(kBeta, ch, 0.0);
+    const double rm = a.param(kRunMean, ch, 0.0), rv = a.param(kRunVar, ch, 1.0);
+    if (!(moderate(g) && moderate(b) && moderate(rm) && moderate(rv) && rv + md.eps > 0)) continue;
+    const double scale = g / std::sqrt(rv + md.eps), shift = b - rm * scale;
+    if (!(std::fabs(scale) <= 1e30 && std::fabs(shift) <= 1e30)) continue;
+    near("scale", a.f32(a.after, kScale, ch), scale, 1e-6 * std::fabs(scale) + 1e-37, ch, -1);
+    near("shift", a.f32(a.after, kShift, ch), shift,
+         1e-6 * (std::fabs(b) + std::fabs(rm * scale)) + 1e-37, ch, -1);
+  }
+}
+
+void check_backward(const Arena& a, const Model& md, bool frozen) {
+  const std::vector<double> x = a.tensor(a.before, kX), dy = a.tensor(a.before, kDy);
+  const std::vector<double> dx = a.tensor(a.after, kDx);
+  const size_t c = size_t(md.c);
+  std::vector<double> mean(c), rstd(c), gamma(c);
+  for (size_t i = 0; i < c; ++i) gamma[i] = a.param(kGamma, int64_t(i), 1.0);
+  const bnref_shape sh = a.shape();
+  if (frozen) {
+    for (size_t i = 0; i < c; ++i) {
+      mean[i] = a.param(kRunMean, int64_t(i), 0.0);
+      rstd[i] = 1.0 / std::sqrt(a.param(kRunVar, int64_t(i), 1.0) + md.eps);
+    }
+  } else if (a.has(kSavedMean)) {
+    for (size_t i = 0; i < c; ++i) {
+      mean[i] = a.param(kSavedMean, int64_t(i), 0.0);
+      rstd[i] = a.param(kSavedRstd, int64_t(i), 1.0);
+    }
+  } else {
+    bnref_batch_stats(&sh, x.data(), md.eps, mean.data(), nullptr, rstd.data());
+  }
+  std::vector<double> want_dx(x.size()), dgamma(c), dbeta(c);
+  if (frozen) {
+    std::vector<double> rv(c);
+    for (size_t i = 0; i < c; ++i) rv[i] = a.param(kRunVar, int64_t(i), 1.0);
+    bnref_backward_frozen(&sh, x.data(), dy.data(), gamma.data(), mean.data(), rv.data(), md.eps,
+                          want_dx.data(), dgamma.data(), dbeta.data());
+  } else {
+    bnref_backward(&sh, x.data(), dy.data(), gamma.data(), mean.data(), rstd.data(),
+                   want_dx.data(), dgamma.data(), dbeta.data());
+  }
+  const Tol ot = output_tol(md.dtype);
+  const bool grads = a.has(kDGamma);
+  const bool uses_x = !frozen || grads;
+  const double m = double(md.m);
+  for (int64_t ch = 0; ch < md.c; ++ch) {
+    const size_t i = size_t(ch);
+    bool nice = moderate(gamma[i]) && moderate(mean[i]) && std::isfinite(rstd[i]) &&
+                std::fabs(rstd[i]) <= 1e30;
+    double g_max = 0.0, s1 = 0.0, s2 = 0.0, xm = 0.0;
+    for (int64_t j = 0; j < md.m; ++j) {
+      const size_t o = size_t(a.off(ch, j));
+      nice = nice && moderate(dy[o]) && (!uses_x || moderate(x[o]));
+      g_max = std::max(g_max, std::fabs(dy[o]));
+      s1 += std::fabs(dy[o]);
+      const double xa = uses_x ? std::fabs(x[o]) + std::fabs(mean[i]) : 0.0;
+      s2 += std::fabs(dy[o]) * xa;
+      xm = std::max(xm, xa);
+    }
+    if (!nice) {
+      ++g_stats.skipped_channels;
+      continue;
+    }
+    ++g_stats.checked_channels;
+    const double A = std::fabs(gamma[i] * rstd[i]);
+    const double r2 = rstd[i] * rstd[i];
+    const double B = frozen ? A * g_max : A * (g_max + s1 / m + xm * r2 * s2 / m);
+    for (int64_t j = 0; j < md.m; ++j) {
+      const size_t o = size_t(a.off(ch, j));
+      const double want = want_dx[o];
+      if (!(std::fabs(want) <= output_limit(md.dtype))) continue;
+      near("dx", dx[o], want, ot.atol + ot.rtol * std::fabs(want) + 4e-5 * B, ch, j);
+    }
+    if (grads) {
+      if (std::fabs(dbeta[i]) <= 1e30)
+        near("dbeta", a.f32(a.after, kDBeta, ch), dbeta[i], 1e-5 * s1 + 1e-37, ch, -1);
+      if (std::fabs(dgamma[i]) <= 1e30)
+        near("dgamma", a.f32(a.after, kDGamma, ch), dgamma[i], 4e-5 * std::fabs(rstd[i]) * s2 + 1e-37,
+             ch, -1);
+    }
+  }
+}
+
+// ---- running the scenario ---------------------------------------------------------------------
+
+void run_data_call(Scenario& s) {
+  const Op op = s.op;
+  Model md = model_header(s);
+  bnormHandle_t fresh = nullptr;
+  alignas(16) static unsigned char fake_handle[1024];
+  bnormHandle_t h = g_handle;
+  if (s.handle_kind == 1) h = nullptr;
+  if (s.handle_kind == 2) {
+    std::memset(fake_handle, 0x5a, sizeof fake_handle);
+    h = reinterpret_cast<bnormHandle_t>(fake_handle);
+  }
+  if (s.handle_kind == 3 && bnormCreate(&fresh) != BNORM_STATUS_SUCCESS)
+    violation("bnormCreate failed");
+  if (s.handle_kind == 3) h = fresh;
+  const bnormTensorDesc_t* dp = s.pass_desc ? &s.desc : nullptr;
+  const bnormConfig_t* cp = s.pass_config ? &s.config : nullptr;
+  const bool header_ok = md.violated.empty();
+
+  // The workspace the call needs, by the library's own query (whose
+  // contract run_ws_query checks).
+  size_t need = 0;
+  if (header_ok && (op == Op::kFwd || op == Op::kBwd || op == Op::kFrz)) {
+    const bnormStatus_t qs = ws_query(op, g_handle, dp, cp, &need);
+    if (qs != BNORM_STATUS_SUCCESS) violation("the workspace query failed on valid arguments");
+  }
+  s.workspace_bytes = choose_workspace_bytes(s, need);
+
+  // Sizes the contract requires of each region, and their places.
+  const std::vector<Slot> used = slots_of(op);
+  size_t cursor = kLead;
+  for (Slot k : used) {
+    size_t bytes = 0;
+    switch (k) {
+      case kX: case kY: case kDy: case kDx: bytes = md.desc_ok ? md.bytes : 0; break;
+      case kStep: bytes = 8; break;
+      case kWorkspace: bytes = s.workspace_bytes; break;
+      default: bytes = md.desc_ok ? md.cbytes : 0;
+    }
+    Placement& p = s.place[k];
+    const Scenario::Spec& sp = s.spec[k];
+    p = Placement{};
+    p.bytes = bytes;
+    if (sp.kind == 0 || bytes > kBudget) continue;  // NULL
+    const Slot t = used[size_t(sp.target) % used.size()];
+    if (sp.kind == 7 && t != k && s.place[t].present && &s.place[t] < &p) {
+      const int64_t pos = int64_t(s.place[t].pos) + sp.delta;
+      p.pos = size_t(std::max<int64_t>(0, pos));
+    } else {
+      p.pos = (cursor + size_t(sp.gap) + 255) / 256 * 256 + size_t(sp.misalign);
+      cursor = p.pos + bytes;
+    }
+    p.present = true;
+  }
+  Arena a;
+  a.s = &s;
+  a.md = &md;
+  a.layout = get_raw(s.desc.layout);
+  a.total = kTail;
+  for (Slot k : used)
+    if (s.place[k].present) a.total = std::max(a.total, s.place[k].pos + s.place[k].bytes + kTail);
+  // An arena of exactly the bytes used, from a 256-aligned base: the
+  // allocation starts up to 255 bytes before the base.
+  const size_t total_alloc = a.total + 256;
+  if (cudaMalloc(&a.raw, total_alloc) != cudaSuccess) violation("cudaMalloc failed");
+  a.base = static_cast<uint8_t*>(a.raw) + (256 - reinterpret_cast<uintptr_t>(a.raw) % 256) % 256;
+  a.total = total_alloc - size_t(a.base - static_cast<uint8_t*>(a.raw));
+  if (header_ok) model_pointers(s, a.base, need, md);
+
+  for (Slot k : used)
+    story(" %s=%s", kSlotName[k],
+          s.place[k].present
+              ? (std::to_string(s.place[k].pos) + "+" + std::to_string(s.place[k].bytes)).c_str()
+              : "NULL");
+  story(" workspace_bytes=%zu need=%zu", s.workspace_bytes, need);
+
+  fill(a, used);
+  a.before.assign(a.base, a.base + a.total);
+  if (s.random_schedule) bnormEmuSetRandomSchedule(1, s.schedule_seed);
+  bnormStatus_t st = BNORM_STATUS_INTERNAL_ERROR;
+  auto P = [&](Slot k) { return a.ptr(k); };
+  auto F = [&](Slot k) { return static_cast<float*>(a.ptr(k)); };
+  switch (op) {
+    case Op::kFwd:
+      st = bnormForwardTraining(h, g_stream, dp, cp, P(kX), P(kY), F(kGamma), F(kBeta),
+                                F(kRunMean), F(kRunVar), static_cast<int64_t*>(P(kStep)),
+                                F(kSavedMean), F(kSavedRstd), P(kWorkspace), s.workspace_bytes);
+      break;
+    case Op::kInf:
+      st = bnormForwardInference(h, g_stream, dp, cp, P(kX), P(kY), F(kGamma), F(kBeta),
+                                 F(kRunMean), F(kRunVar));
+      break;
+    case Op::kScaleShift:
+      st = bnormGetInferenceScaleShift(h, g_stream, s.c_arg, cp, F(kGamma), F(kBeta), F(kRunMean),
+                                       F(kRunVar), F(kScale), F(kShift));
+      break;
+    case Op::kBwd:
+      st = bnormBackward(h, g_stream, dp, cp, P(kX), P(kDy), P(kDx), F(kGamma), F(kSavedMean),
+                         F(kSavedRstd), F(kDGamma), F(kDBeta), P(kWorkspace), s.workspace_bytes);
+      break;
+    case Op::kFrz:
+      st = bnormBackwardFrozen(h, g_stream, dp, cp, P(kX), P(kDy), P(kDx), F(kGamma),
+                               F(kRunMean), F(kRunVar), F(kDGamma), F(kDBeta), P(kWorkspace),
+                               s.workspace_bytes);
+      break;
+    default: break;
+  }
+  if (cudaDeviceSynchronize() != cudaSuccess) violation("cudaDeviceSynchronize failed");
+  if (s.random_schedule) bnormEmuSetRandomSchedule(0, 0);
+  story(" -> status %d", int(st));
+  ++g_stats.calls[int(op)];
+  if (st == BNORM_STATUS_SUCCESS) ++g_stats.ok[int(op)];
+  if (st == BNORM_STATUS_SUCCESS && (op == Op::kScaleShift || md.m > 0)) ++g_stats.computed[int(op)];
+  expect_message(op, st);
+  expect_status(op, st, md);
+  a.after.assign(a.base, a.base + a.total);
+
+  // Which bytes the call may have changed.
+  std::vector<uint8_t> may(a.total, 0);
+  if (st == BNORM_STATUS_SUCCESS) {
+    const bool empty = op != Op::kScaleShift && md.m == 0;
+    for (Slot k : used) {
+      if (!s.place[k].present || !is_output(op, k)) continue;
+      if (empty && !(k == kDGamma || k == kDBeta)) continue;
+      if (op == Op::kFwd && k == kStep &&
+          !(a.has(kRunMean) && md.average == BNORM_AVERAGE_CUMULATIVE))
+        continue;  // ignored unless cumulative with tracking
+      const size_t len = k == kWorkspace ? std::min(s.workspace_bytes, need) : s.place[k].bytes;
+      std::fill(may.begin() + long(s.place[k].pos), may.begin() + long(s.place[k].pos + len), 1);
+    }
+  }
+  for (size_t i = 0; i < a.total; ++i)
+    if (!may[i] && a.before[i] != a.after[i])
+      violation("%s (status %d) changed byte %zu of the arena (in %s): 0x%02x -> 0x%02x",
+                op_name(op), int(st), i, slot_at(s, used, i), a.before[i], a.after[i]);
+
+  if (st == BNORM_STATUS_SUCCESS) {
+    if (op == Op::kScaleShift) {
+      check_scale_shift(a, md);
+    } else if (md.m == 0) {
+      for (Slot k : {kDGamma, kDBeta})
+        if ((op == Op::kBwd || op == Op::kFrz) && a.has(k))
+          for (size_t i = 0; i < s.place[k].bytes; ++i)
+            if (a.after[s.place[k].pos + i] != 0)
+              violation("m == 0: %s is not zeroed (byte %zu)", kSlotName[k], i);
+    } else if (op == Op::kFwd) {
+      check_forward(a, md);
+    } else if (op == Op::kInf) {
+      check_inference(a, md);
+    } else {
+      check_backward(a, md, op == Op::kFrz);
+    }
+  }
+  cudaFree(a.raw);
+  if (fresh && bnormDestroy(fresh) != BNORM_STATUS_SUCCESS) violation("bnormDestroy failed");
+  if (s.handle_kind == 2 && bnormDestroy(h) != BNORM_STATUS_BAD_HANDLE)
+    violation("bnormDestroy accepted a handle it did not make");
+}
+
+void run_ws_query(Scenario& s) {
+  Model md = model_header(s);
+  if (!s.pass_ws_out) md.violated.insert(BNORM_STATUS_NULL_POINTER);
+  bnormHandle_t h = g_handle;
+  alignas(16) static unsigned char fake_handle[1024];
+  if (s.handle_kind == 1) h = nullptr;
+  if (s.handle_kind == 2) {
+    std::memset(fake_handle, 0xa5, sizeof fake_handle);
+    h = reinterpret_cast<bnormHandle_t>(fake_handle);
+  }
+  const size_t kSentinel = 0x5eed5eed5eedull;
+  size_t out = kSentinel;
+  const bnormTensorDesc_t* dp = s.pass_desc ? &s.desc : nullptr;
+  const bnormConfig_t* cp = s.pass_config ? &s.config : nullptr;
+  const bnormStatus_t st = ws_query(s.op, h, dp, cp, s.pass_ws_out ? &out : nullptr);
+  story(" -> status %d, %zu bytes", int(st), out);
+  ++g_stats.calls[int(s.op)];
+  if (st == BNORM_STATUS_SUCCESS) ++g_stats.ok[int(s.op)], ++g_stats.computed[int(s.op)];
+  expect_message(s.op, st);
+  expect_status(s.op, st, md);
+  if (st != BNORM_STATUS_SUCCESS) {
+    if (out != kSentinel) violation("a failed workspace query wrote its output");
+    return;
+  }
+  // Room for at least the per-channel arrays the calls keep there, and the
+  // same answer every time.
+  const size_t floor = (s.op == Op::kFwdWs ? 5 : 4) * md.cbytes;
+  if (out < floor) violation("workspace of %zu bytes for c = %lld", out, (long long)md.c);
+  size_t again = 0;
+  if (ws_query(s.op, h, dp, cp, &again) != BNORM_STATUS_SUCCESS || again != out)
+    violation("the workspace query is not repeatable");
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  // One emulator thread: deterministic, and the fuzzer shares a small machine.
+  setenv("BNORM_EMU_THREADS", "1", 0);
+  if (bnormCreate(&g_handle) != BNORM_STATUS_SUCCESS) violation("bnormCreate failed");
+  if (cudaStreamCreate(&g_stream) != cudaSuccess) violation("cudaStreamCreate failed");
+  std::atexit(print_stats);
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  FuzzedDataProvider f(data, size);
+  Scenario s = decode(f);
+  g_story.clear();
+  story("%s handle=%d desc=%s{dtype %d layout %d n %lld c %lld spatial %lld} c_arg=%lld config=%s",
+        op_name(s.op), s.handle_kind, s.pass_desc ? "" : "NULL", get_raw(s.desc.dtype),
+        get_raw(s.desc.layout), (long long)s.desc.n, (long long)s.desc.c,
+        (long long)s.desc.spatial, (long long)s.c_arg, s.pass_config ? "" : "NULL");
+  if (s.pass_config)
+    story("{size %zu magic %08x eps %g factor %g average %d path %d}", s.config.size,
+          s.config.magic, s.config.eps, s.config.exponential_average_factor,
+          get_raw(s.config.average), get_raw(s.config.path));
+  story(" special=%d random_schedule=%d", s.special, int(s.random_schedule));
+  if (s.op == Op::kFwdWs || s.op == Op::kBwdWs || s.op == Op::kFrzWs) {
+    run_ws_query(s);
+  } else {
+    run_data_call(s);
+  }
+  static const bool verbose = std::getenv("BNORM_FUZZ_VERBOSE") != nullptr;
+  if (verbose) std::fprintf(stderr, "%s\n", g_story.c_str());
+  return 0;
+}

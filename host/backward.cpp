@@ -5,33 +5,20 @@
 #include "nvtx.h"
 #include "kernels/launch.h"
 #include "plan.h"
+#include "requests.h"
 
 using namespace bnorm::host;
 namespace k = bnorm::kernels;
 
-namespace {
+namespace bnorm {
+namespace host {
 
-struct Request {
-  const bnormTensorDesc_t* desc;
-  const bnormConfig_t* config;
-  const void* x;
-  const void* dy;
-  void* dx;
-  const float* gamma;
-  const float* mean;  // saved mean (full) or running mean (frozen)
-  const float* stat;  // saved rstd (full) or running var (frozen)
-  float* dgamma;
-  float* dbeta;
-  void* workspace;
-  size_t workspace_bytes;
-};
-
-bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t stream,
-                           const Request& r, bool frozen) {
+bool check_backward(Checker& check, bnormHandle_t handle, const BackwardRequest& r, bool frozen,
+                    const Batch& batch, k::BackwardArgs* a) {
   size_t elem = 0;
   Config cfg;
   check.handle(handle).desc(r.desc, &elem).config(r.config, false, &cfg);
-  if (!check.ok()) return check.status();
+  if (!check.ok()) return false;
   const bnormTensorDesc_t* desc = r.desc;
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cb = size_t(desc->c) * sizeof(float);
@@ -47,7 +34,8 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
     if (!frozen || grads) check.required(r.x, "x");
     check.required(r.dy, "dy").required(r.dx, "dx");
   }
-  if (frozen) check.required(r.mean, mean_name).required(r.stat, stat_name);
+  // The synchronized backward needs the global statistics its forward saved.
+  if (frozen || batch.sync) check.required(r.mean, mean_name).required(r.stat, stat_name);
   check.pair(r.mean, mean_name, r.stat, stat_name).pair(r.dgamma, "dgamma", r.dbeta, "dbeta");
   check.aligned(r.x, elem, "x").aligned(r.dy, elem, "dy").aligned(r.dx, elem, "dx")
       .aligned(r.gamma, 4, "gamma").aligned(r.mean, 4, mean_name).aligned(r.stat, 4, stat_name)
@@ -64,41 +52,54 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
                     {r.dbeta, cb, "dbeta", true},
                     {r.workspace, ws_used, "workspace", true},
                     {cfg.relu_mask, k::relu_mask_bytes(numel), "config->relu_mask", false},
-                    {cfg.residual_grad, bytes, "config->residual_grad", true}},
+                    {cfg.residual_grad, bytes, "config->residual_grad", true},
+                    {r.reduced, r.reduced_bytes, r.reduced_name, r.reduced_written}},
                    {{"dx", "dy"}, {"dx", "x"}, {"config->residual_grad", "dy"}});
-  if (!check.ok()) return check.status();
+  if (!check.ok()) return false;
 
   const int64_t m = desc->n * desc->spatial;
-  if (m == 1 && !frozen)
-    return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
-                      "n * spatial == 1: batch statistics of one value per channel are undefined")
-        .status();
+  if (m == 1 && !frozen && !batch.sync)
+    check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
+               "n * spatial == 1: batch statistics of one value per channel are undefined");
   check.workspace(r.workspace, r.workspace_bytes, ws.total);
-  if (!check.ok()) return check.status();
+  if (!check.ok()) return false;
 
+  *a = k::BackwardArgs{};
+  a->t = plan.t;
+  a->plan = plan.reduce;
+  a->x = r.x;
+  a->dy = r.dy;
+  a->dx = r.dx;
+  a->gamma = r.gamma;
+  a->mean = r.mean;
+  a->stat = r.stat;
+  a->dgamma = r.dgamma;
+  a->dbeta = r.dbeta;
+  a->eps = cfg.eps;
+  a->frozen = frozen;
+  a->workspace = r.workspace;
+  a->ep = epilogue_args(cfg, numel);
+  return true;
+}
+
+}  // namespace host
+}  // namespace bnorm
+
+namespace {
+
+bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t stream,
+                           const BackwardRequest& r, bool frozen) {
+  k::BackwardArgs a;
+  if (!check_backward(check, handle, r, frozen, Batch{false, -1}, &a)) return check.status();
   cudaError_t e = cudaSuccess;
-  if (m == 0) {
-    if (grads) {
-      e = cudaMemsetAsync(r.dgamma, 0, cb, stream);
-      if (e == cudaSuccess) e = cudaMemsetAsync(r.dbeta, 0, cb, stream);
+  if (a.t.m() == 0) {
+    if (a.dgamma) {
+      const size_t cb = size_t(a.t.c) * sizeof(float);
+      e = cudaMemsetAsync(a.dgamma, 0, cb, stream);
+      if (e == cudaSuccess) e = cudaMemsetAsync(a.dbeta, 0, cb, stream);
     }
   } else {
-    k::BackwardArgs a{};
-    a.t = plan.t;
-    a.plan = plan.reduce;
-    a.x = r.x;
-    a.dy = r.dy;
-    a.dx = r.dx;
-    a.gamma = r.gamma;
-    a.mean = r.mean;
-    a.stat = r.stat;
-    a.dgamma = r.dgamma;
-    a.dbeta = r.dbeta;
-    a.eps = cfg.eps;
-    a.frozen = frozen;
-    a.workspace = r.workspace;
-    a.ep = epilogue_args(cfg, numel);
-    e = plan.reduce.single_block ? k::tiny_backward(a, stream) : k::backward(a, stream);
+    e = a.plan.single_block ? k::tiny_backward(a, stream) : k::backward(a, stream);
   }
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
@@ -148,8 +149,8 @@ bnormStatus_t bnormBackward(bnormHandle_t handle, cudaStream_t stream,
                             float* dbeta, void* workspace, size_t workspace_bytes) {
   BNORM_NVTX_RANGE();
   Checker check("bnormBackward");
-  const Request r{desc,       config, x,      dy,    dx,        gamma,
-                  saved_mean, saved_rstd, dgamma, dbeta, workspace, workspace_bytes};
+  const BackwardRequest r{desc,       config,     x,      dy,    dx,        gamma,           saved_mean,
+                          saved_rstd, dgamma,     dbeta,  workspace, workspace_bytes, nullptr, 0, nullptr, false};
   return run_backward(check, handle, stream, r, false);
 }
 
@@ -161,8 +162,8 @@ bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t stream,
                                   size_t workspace_bytes) {
   BNORM_NVTX_RANGE();
   Checker check("bnormBackwardFrozen");
-  const Request r{desc,         config,      x,      dy,    dx,        gamma,
-                  running_mean, running_var, dgamma, dbeta, workspace, workspace_bytes};
+  const BackwardRequest r{desc,        config, x,     dy,        dx,              gamma,   running_mean,
+                          running_var, dgamma, dbeta, workspace, workspace_bytes, nullptr, 0, nullptr, false};
   return run_backward(check, handle, stream, r, true);
 }
 

@@ -239,5 +239,63 @@ struct BackwardArgs {
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream);
 
+// ---- synchronized batch norm (sync.cu) ---------------------------------------------
+// One rank's packed forward statistics, the unit of the all-gather: the
+// rank's count m = n * spatial (int64), 8 bytes of zeros, then per channel
+// fp32 arrays: the pivot (the channel's first value on that rank; 0 when
+// the rank has no values), the mean of x - pivot, and M2. Zero-padded to 16.
+struct SyncStatsLayout {
+  size_t pivot, mean, m2, total;
+  explicit SyncStatsLayout(int64_t c) {
+    pivot = 16;
+    mean = pivot + size_t(c) * sizeof(float);
+    m2 = mean + size_t(c) * sizeof(float);
+    total = align16(m2 + size_t(c) * sizeof(float));
+  }
+};
+// The packed backward sums, fp64, the unit of the all-reduce: [0] the
+// rank's count m, [1] zero, [2, 2 + c) sum g, [2 + c, 2 + 2c) sum g * (x -
+// mean), zero-padded to 16 bytes. Summed element-wise over the ranks, it
+// holds the global count and sums.
+inline size_t sync_grads_bytes(int64_t c) { return align16(size_t(2 + 2 * c) * sizeof(double)); }
+
+struct SyncStatsArgs {
+  Tensor t;
+  ReducePlan plan;
+  const void* x;
+  void* local_stats;  // SyncStatsLayout
+  void* workspace;    // ForwardWorkspace
+};
+cudaError_t sync_forward_stats(const SyncStatsArgs& a, cudaStream_t stream);
+
+// Merges the gathered statistics of `nranks` ranks, then the rest of
+// forward training on this rank's tensor (f.t, whose n may be 0).
+struct SyncApplyArgs {
+  ForwardTrainingArgs f;
+  const void* gathered;  // nranks blocks of SyncStatsLayout(c).total bytes, rank order
+  int nranks, rank;
+};
+cudaError_t sync_forward_apply(const SyncApplyArgs& a, cudaStream_t stream);
+
+struct SyncGradsArgs {
+  Tensor t;
+  ReducePlan plan;
+  EpilogueArgs ep;  // the mask, if any, applies to dy
+  const void* x;
+  const void* dy;
+  const float* mean;  // the global batch mean
+  void* local_grads;  // sync_grads_bytes(c)
+  void* workspace;    // BackwardWorkspace
+};
+cudaError_t sync_backward_grads(const SyncGradsArgs& a, cudaStream_t stream);
+
+// dgamma, dbeta and dx from the reduced sums (b.mean, b.stat: the saved
+// mean and rstd; b.frozen false).
+struct SyncGradApplyArgs {
+  BackwardArgs b;
+  const void* reduced;  // sync_grads_bytes(c), summed over the ranks
+};
+cudaError_t sync_backward_apply(const SyncGradApplyArgs& a, cudaStream_t stream);
+
 }  // namespace kernels
 }  // namespace bnorm

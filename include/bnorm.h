@@ -491,9 +491,13 @@ BNORM_API bnormStatus_t bnormSyncBackwardApply(
  * communicator the caller created: ncclCommInitRank, ncclCommInitAll or
  * ncclCommSplit; its rank and size are read from it). The collective is
  * enqueued on `stream` between the phases' kernels. Without NCCL in the
- * build these return BNORM_STATUS_NOT_SUPPORTED. A failed collective is
- * BNORM_STATUS_COMM_ERROR with NCCL's message. The workspace holds the
- * local workspace and the exchanged buffers: see the size queries. */
+ * build these return BNORM_STATUS_NOT_SUPPORTED. A collective that NCCL
+ * refuses to enqueue is BNORM_STATUS_COMM_ERROR with NCCL's message; the
+ * local statistics pass before it may then have written the workspace, but
+ * no output, running statistic or step counter is written. (Errors NCCL
+ * finds later are its asynchronous errors: ncclCommGetAsyncError.) The
+ * workspace holds the local workspace and the exchanged buffers: see the
+ * size queries. */
 struct ncclComm; /* nccl.h: typedef struct ncclComm* ncclComm_t */
 
 BNORM_API bnormStatus_t bnormGetSyncForwardTrainingWorkspaceSize(bnormHandle_t handle,

@@ -21,6 +21,10 @@
 #include "harness.h"
 #include "ops.h"
 
+#if BT_HAVE_NCCL
+#include <nccl.h>
+#endif
+
 namespace {
 
 using bt::Case;
@@ -162,87 +166,103 @@ DeviceBuffer poisoned(size_t bytes) {
   return b;
 }
 
+// One rank's handle, stream and buffers, inputs uploaded, outputs poisoned.
+struct RankState {
+  RankState(const Job& j, const Inputs& in, const Options& opt, int r)
+      : k(j.rank_case(r)), d(k.desc()), cfg(opt.cfg), nranks(int(j.ns.size())), rank(r) {
+    EXPECT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
+    const size_t cb = size_t(k.s.c) * sizeof(float);
+    size_t mask_bytes = 0;
+    EXPECT_EQ(bnormGetSyncBufferSizes(h, k.s.c, &stats_bytes, &grads_bytes), BNORM_STATUS_SUCCESS);
+    EXPECT_EQ(bnormGetForwardTrainingWorkspaceSize(h, &d, &cfg, &fws), BNORM_STATUS_SUCCESS);
+    EXPECT_EQ(bnormGetBackwardWorkspaceSize(h, &d, &cfg, &bws), BNORM_STATUS_SUCCESS);
+    EXPECT_EQ(bnormGetReluMaskSize(h, &d, &mask_bytes), BNORM_STATUS_SUCCESS);
+    x = bt::upload_tensor(slice(in.x, j, r), k.dtype);
+    dy = bt::upload_tensor(slice(in.dy, j, r), k.dtype);
+    z = bt::upload_tensor(slice(in.z, j, r), k.dtype);
+    y = poisoned(x.bytes()), dx = poisoned(x.bytes()), dz = poisoned(x.bytes());
+    mask = poisoned(mask_bytes);
+    gamma = bt::upload_floats(in.p.gamma), beta = bt::upload_floats(in.p.beta);
+    rm = bt::upload_floats(in.running_mean), rv = bt::upload_floats(in.running_var);
+    sm = poisoned(cb), sr = poisoned(cb), dg = poisoned(cb), db = poisoned(cb);
+    step = DeviceBuffer(sizeof(int64_t));
+    const int64_t zero = 0;
+    step.upload(&zero, sizeof zero);
+    local = poisoned(stats_bytes), gathered = poisoned(stats_bytes * size_t(nranks));
+    grads = poisoned(grads_bytes);
+    ws = poisoned(std::max(fws, bws));
+    if (cfg.epilogue != BNORM_EPILOGUE_NONE) {
+      cfg.relu_mask = mask.get();
+      cfg.relu_mask_bytes = mask_bytes;
+      cfg.residual = z.get();
+      cfg.residual_grad = dz.get();
+    }
+  }
+  ~RankState() { EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess); }
+
+  RankResult results(RankResult out) const {
+    EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
+    out.y = bt::decode(y.download(), k.dtype);
+    out.dx = bt::decode(dx.download(), k.dtype);
+    out.dz = bt::decode(dz.download(), k.dtype);
+    out.saved_mean = sm.download_f32();
+    out.saved_rstd = sr.download_f32();
+    out.running_mean = rm.download_f32();
+    out.running_var = rv.download_f32();
+    out.dgamma = dg.download_f32();
+    out.dbeta = db.download_f32();
+    const std::vector<uint8_t> mb = mask.download();
+    out.mask.resize(mb.size() / 4);
+    std::memcpy(out.mask.data(), mb.data(), out.mask.size() * 4);
+    std::memcpy(&out.step, step.download().data(), sizeof out.step);
+    return out;
+  }
+  int64_t* step_ptr() const { return static_cast<int64_t*>(step.get()); }
+
+  bt::Handle h;
+  cudaStream_t s = nullptr;
+  const Case k;
+  const bnormTensorDesc_t d;
+  bnormConfig_t cfg;
+  const int nranks, rank;
+  size_t stats_bytes = 0, grads_bytes = 0, fws = 0, bws = 0;
+  DeviceBuffer x, dy, z, y, dx, dz, mask, gamma, beta, rm, rv, sm, sr, dg, db, step, local,
+      gathered, grads, ws;
+};
+
 // Rank r's whole forward (opt.steps times) and backward through the phases.
 RankResult run_rank(const Job& j, const Inputs& in, const Options& opt, int r, Exchange& ex) {
+  RankState t(j, in, opt, r);
   RankResult out;
-  bt::Handle h;
-  cudaStream_t s;
-  EXPECT_EQ(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), cudaSuccess);
-  const Case k = j.rank_case(r);
-  const bnormTensorDesc_t d = k.desc();
-  const int nranks = int(j.ns.size());
-  const size_t cb = size_t(k.s.c) * sizeof(float);
-  size_t stats_bytes = 0, grads_bytes = 0, fws = 0, bws = 0, mask_bytes = 0;
-  EXPECT_EQ(bnormGetSyncBufferSizes(h, k.s.c, &stats_bytes, &grads_bytes), BNORM_STATUS_SUCCESS);
-  bnormConfig_t cfg = opt.cfg;
-  EXPECT_EQ(bnormGetForwardTrainingWorkspaceSize(h, &d, &cfg, &fws), BNORM_STATUS_SUCCESS);
-  EXPECT_EQ(bnormGetBackwardWorkspaceSize(h, &d, &cfg, &bws), BNORM_STATUS_SUCCESS);
-  EXPECT_EQ(bnormGetReluMaskSize(h, &d, &mask_bytes), BNORM_STATUS_SUCCESS);
-
-  DeviceBuffer x = bt::upload_tensor(slice(in.x, j, r), k.dtype);
-  DeviceBuffer dy = bt::upload_tensor(slice(in.dy, j, r), k.dtype);
-  DeviceBuffer z = bt::upload_tensor(slice(in.z, j, r), k.dtype);
-  DeviceBuffer y = poisoned(x.bytes()), dx = poisoned(x.bytes()), dz = poisoned(x.bytes());
-  DeviceBuffer mask = poisoned(mask_bytes);
-  DeviceBuffer gamma = bt::upload_floats(in.p.gamma), beta = bt::upload_floats(in.p.beta);
-  DeviceBuffer rm = bt::upload_floats(in.running_mean), rv = bt::upload_floats(in.running_var);
-  DeviceBuffer sm = poisoned(cb), sr = poisoned(cb), dg = poisoned(cb), db = poisoned(cb);
-  DeviceBuffer step(sizeof(int64_t));
-  const int64_t zero = 0;
-  step.upload(&zero, sizeof zero);
-  DeviceBuffer local = poisoned(stats_bytes), gathered = poisoned(stats_bytes * size_t(nranks));
-  DeviceBuffer grads = poisoned(grads_bytes);
-  DeviceBuffer ws = poisoned(std::max(fws, bws));
-  if (cfg.epilogue != BNORM_EPILOGUE_NONE) {
-    cfg.relu_mask = mask.get();
-    cfg.relu_mask_bytes = mask_bytes;
-    cfg.residual = z.get();
-    cfg.residual_grad = dz.get();
-  }
-
-  for (int t = 0; t < opt.steps; ++t) {
-    bnormStatus_t st = bnormSyncForwardStats(h, s, &d, &cfg, x.get(), local.get(), ws.get(), fws);
+  for (int i = 0; i < opt.steps; ++i) {
+    bnormStatus_t st = bnormSyncForwardStats(t.h, t.s, &t.d, &t.cfg, t.x.get(), t.local.get(),
+                                             t.ws.get(), t.fws);
     if (st == BNORM_STATUS_SUCCESS) {
-      ex.all_gather(r, s, local, gathered, stats_bytes);
-      st = bnormSyncForwardApply(h, s, &d, &cfg, nranks, r, opt.global_n, gathered.get(),
-                                 x.get(), y.get(), gamma.f32(), beta.f32(), rm.f32(), rv.f32(),
-                                 static_cast<int64_t*>(step.get()), sm.f32(), sr.f32(),
-                                 ws.get(), fws);
+      ex.all_gather(r, t.s, t.local, t.gathered, t.stats_bytes);
+      st = bnormSyncForwardApply(t.h, t.s, &t.d, &t.cfg, t.nranks, r, opt.global_n,
+                                 t.gathered.get(), t.x.get(), t.y.get(), t.gamma.f32(),
+                                 t.beta.f32(), t.rm.f32(), t.rv.f32(), t.step_ptr(), t.sm.f32(),
+                                 t.sr.f32(), t.ws.get(), t.fws);
     }
     if (st != BNORM_STATUS_SUCCESS) {
       out.forward = st;
       out.message = bnormGetLastErrorMessage();
-      break;
+      return t.results(out);
     }
   }
-  if (out.forward == BNORM_STATUS_SUCCESS && opt.backward) {
-    bnormStatus_t st = bnormSyncBackwardGrads(h, s, &d, &cfg, x.get(), dy.get(), sm.f32(),
-                                              grads.get(), ws.get(), bws);
+  if (opt.backward) {
+    bnormStatus_t st = bnormSyncBackwardGrads(t.h, t.s, &t.d, &t.cfg, t.x.get(), t.dy.get(),
+                                              t.sm.f32(), t.grads.get(), t.ws.get(), t.bws);
     if (st == BNORM_STATUS_SUCCESS) {
-      ex.all_reduce(r, s, grads);
-      st = bnormSyncBackwardApply(h, s, &d, &cfg, grads.get(), x.get(), dy.get(), dx.get(),
-                                  gamma.f32(), sm.f32(), sr.f32(), dg.f32(), db.f32(), ws.get(),
-                                  bws);
+      ex.all_reduce(r, t.s, t.grads);
+      st = bnormSyncBackwardApply(t.h, t.s, &t.d, &t.cfg, t.grads.get(), t.x.get(), t.dy.get(),
+                                  t.dx.get(), t.gamma.f32(), t.sm.f32(), t.sr.f32(), t.dg.f32(),
+                                  t.db.f32(), t.ws.get(), t.bws);
     }
     out.backward = st;
     if (st != BNORM_STATUS_SUCCESS) out.message = bnormGetLastErrorMessage();
   }
-  EXPECT_EQ(cudaStreamSynchronize(s), cudaSuccess);
-  out.y = bt::decode(y.download(), k.dtype);
-  out.dx = bt::decode(dx.download(), k.dtype);
-  out.dz = bt::decode(dz.download(), k.dtype);
-  out.saved_mean = sm.download_f32();
-  out.saved_rstd = sr.download_f32();
-  out.running_mean = rm.download_f32();
-  out.running_var = rv.download_f32();
-  out.dgamma = dg.download_f32();
-  out.dbeta = db.download_f32();
-  const std::vector<uint8_t> mb = mask.download();
-  out.mask.resize(mb.size() / 4);
-  std::memcpy(out.mask.data(), mb.data(), out.mask.size() * 4);
-  std::memcpy(&out.step, step.download().data(), sizeof out.step);
-  EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
-  return out;
+  return t.results(out);
 }
 
 std::vector<RankResult> run_job(const Job& j, const Inputs& in, const Options& opt) {
@@ -481,6 +501,193 @@ TEST(SyncEdges, ReluEpilogueMatchesTheReference) {
   for (size_t ch = 0; ch < 5; ++ch)
     EXPECT_NEAR(got[0].dgamma[ch], wantb.dgamma[ch], 1e-5 * wantb.abs_dgamma[ch] + 1e-6) << ch;
 }
+
+// ---- the built-in NCCL path ------------------------------------------------------------------
+#if BT_HAVE_NCCL
+
+// Ranks on distinct GPUs (NCCL takes one rank per device); under the
+// emulator every rank shares its one device.
+bool ranks_fit(int nranks) {
+#if BT_EMU
+  (void)nranks;
+  return true;
+#else
+  int devices = 0;
+  return cudaGetDeviceCount(&devices) == cudaSuccess && devices >= nranks;
+#endif
+}
+
+// Rank r through bnormSyncForwardTraining and bnormSyncBackward on a
+// communicator of the job's ranks; `capture` records both calls into a CUDA
+// graph first and launches it.
+RankResult run_rank_nccl(const Job& j, const Inputs& in, const Options& opt, int r,
+                         const ncclUniqueId& id, bool capture) {
+#if !BT_EMU
+  EXPECT_EQ(cudaSetDevice(r), cudaSuccess);
+#endif
+  RankState t(j, in, opt, r);
+  RankResult out;
+  ncclComm_t comm = nullptr;
+  if (ncclCommInitRank(&comm, t.nranks, id, r) != ncclSuccess) {
+    ADD_FAILURE() << "ncclCommInitRank of rank " << r;
+    return out;
+  }
+  size_t fws = 0, bws = 0;
+  EXPECT_EQ(bnormGetSyncForwardTrainingWorkspaceSize(t.h, &t.d, &t.cfg, t.nranks, &fws),
+            BNORM_STATUS_SUCCESS);
+  EXPECT_EQ(bnormGetSyncBackwardWorkspaceSize(t.h, &t.d, &t.cfg, &bws), BNORM_STATUS_SUCCESS);
+  DeviceBuffer ws = poisoned(std::max(fws, bws));
+  auto* c = reinterpret_cast<struct ncclComm*>(comm);
+  auto step = [&] {
+    out.forward = bnormSyncForwardTraining(t.h, t.s, c, &t.d, &t.cfg, opt.global_n, t.x.get(),
+                                           t.y.get(), t.gamma.f32(), t.beta.f32(), t.rm.f32(),
+                                           t.rv.f32(), t.step_ptr(), t.sm.f32(), t.sr.f32(),
+                                           ws.get(), fws);
+    if (out.forward != BNORM_STATUS_SUCCESS) {
+      out.message = bnormGetLastErrorMessage();
+      return;
+    }
+    if (!opt.backward) return;
+    out.backward = bnormSyncBackward(t.h, t.s, c, &t.d, &t.cfg, t.x.get(), t.dy.get(), t.dx.get(),
+                                     t.gamma.f32(), t.sm.f32(), t.sr.f32(), t.dg.f32(),
+                                     t.db.f32(), ws.get(), bws);
+    if (out.backward != BNORM_STATUS_SUCCESS) out.message = bnormGetLastErrorMessage();
+  };
+  if (capture) {
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    EXPECT_EQ(cudaStreamBeginCapture(t.s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    step();
+    EXPECT_EQ(cudaStreamEndCapture(t.s, &graph), cudaSuccess);
+    // Captured, not run: the outputs still hold their poison.
+    EXPECT_TRUE(std::isnan(t.sm.download_f32()[0]));
+    EXPECT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    EXPECT_EQ(cudaGraphLaunch(exec, t.s), cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(t.s), cudaSuccess);
+    EXPECT_EQ(cudaGraphExecDestroy(exec), cudaSuccess);
+    EXPECT_EQ(cudaGraphDestroy(graph), cudaSuccess);
+  } else {
+    step();
+  }
+  out = t.results(out);
+  EXPECT_EQ(ncclCommDestroy(comm), ncclSuccess);
+  return out;
+}
+
+std::vector<RankResult> run_job_nccl(const Job& j, const Inputs& in, const Options& opt,
+                                     bool capture = false) {
+  ncclUniqueId id;
+  EXPECT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  const int n = int(j.ns.size());
+  std::vector<RankResult> out(static_cast<size_t>(n));
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r)
+    threads.emplace_back([&, r] { out[size_t(r)] = run_rank_nccl(j, in, opt, r, id, capture); });
+  for (std::thread& t : threads) t.join();
+  return out;
+}
+
+void expect_same_results(const std::vector<RankResult>& a, const std::vector<RankResult>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t r = 0; r < a.size(); ++r) {
+    SCOPED_TRACE(::testing::Message() << "rank " << r);
+    ASSERT_EQ(a[r].forward, BNORM_STATUS_SUCCESS) << a[r].message;
+    ASSERT_EQ(b[r].forward, BNORM_STATUS_SUCCESS) << b[r].message;
+    EXPECT_EQ(std::memcmp(a[r].y.data(), b[r].y.data(), a[r].y.size() * sizeof(double)), 0);
+    EXPECT_EQ(std::memcmp(a[r].dx.data(), b[r].dx.data(), a[r].dx.size() * sizeof(double)), 0);
+    EXPECT_TRUE(same_bits(a[r].saved_mean, b[r].saved_mean));
+    EXPECT_TRUE(same_bits(a[r].saved_rstd, b[r].saved_rstd));
+    EXPECT_TRUE(same_bits(a[r].running_mean, b[r].running_mean));
+    EXPECT_TRUE(same_bits(a[r].running_var, b[r].running_var));
+    EXPECT_TRUE(same_bits(a[r].dgamma, b[r].dgamma));
+    EXPECT_TRUE(same_bits(a[r].dbeta, b[r].dbeta));
+  }
+}
+
+// The built-in path is the split phases around NCCL's collectives: on the
+// emulated NCCL (rank-order sums) bitwise the same results; so it matches
+// the reference too.
+TEST_P(Sync, BuiltInNcclEqualsTheSplitPhases) {
+  BT_REQUIRE_DEVICE();
+  const Job j = GetParam();
+  if (!ranks_fit(int(j.ns.size()))) GTEST_SKIP() << "fewer GPUs than ranks";
+  const Inputs in = make_inputs(j, 303);
+  Options opt;
+  opt.cfg.exponential_average_factor = 0.3;
+  const std::vector<RankResult> nccl = run_job_nccl(j, in, opt);
+  expect_job_matches_reference(j, in, opt, nccl);
+#if BT_EMU
+  expect_same_results(nccl, run_job(j, in, opt));
+#endif
+}
+
+TEST(SyncNccl, CapturedIntoAGraphEqualsEager) {
+  BT_REQUIRE_DEVICE();
+  for (const Job& j : {Job{{0, 5, 7}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF, {3, 0, 4}},
+                       Job{{0, 3, 40}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT, {2}}}) {
+    if (!ranks_fit(int(j.ns.size()))) continue;
+    SCOPED_TRACE(j.name());
+    const Inputs in = make_inputs(j, 404);
+    Options opt;
+    opt.cfg.average = BNORM_AVERAGE_CUMULATIVE;
+    const std::vector<RankResult> graph = run_job_nccl(j, in, opt, true);
+    expect_same_results(graph, run_job_nccl(j, in, opt));
+    for (const RankResult& o : graph) EXPECT_EQ(o.step, 1);
+  }
+}
+
+TEST(SyncNccl, NullCommIsRefusedBeforeAnything) {
+  BT_REQUIRE_DEVICE();
+  bt::Handle h;
+  const bnormTensorDesc_t d{BNORM_DATA_FLOAT, BNORM_LAYOUT_NCHW, 2, 3, 4};
+  EXPECT_EQ(bnormSyncForwardTraining(h, nullptr, nullptr, &d, nullptr, -1, nullptr, nullptr,
+                                     nullptr, nullptr, nullptr, nullptr, nullptr, nullptr, nullptr,
+                                     nullptr, 0),
+            BNORM_STATUS_NULL_POINTER);
+  EXPECT_NE(std::string(bnormGetLastErrorMessage()).find("'comm'"), std::string::npos);
+  EXPECT_EQ(bnormSyncBackward(h, nullptr, nullptr, &d, nullptr, nullptr, nullptr, nullptr, nullptr,
+                              nullptr, nullptr, nullptr, nullptr, nullptr, 0),
+            BNORM_STATUS_NULL_POINTER);
+}
+
+#if BT_EMU
+// Ranks that disagree on the shape meet at the all-gather with different
+// counts: the emulated NCCL fails it (a real NCCL would hang or corrupt),
+// and bnorm says so; no output or running statistic is written.
+TEST(SyncNccl, CommunicatorErrorsBecomeCommError) {
+  const Job j{{0, 3, 5}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT, {2, 3}};
+  const Inputs in = make_inputs(j, 505);
+  ncclUniqueId id;
+  ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
+  std::vector<RankResult> out(2);
+  std::vector<Inputs> rank_in(2, in);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < 2; ++r)
+    threads.emplace_back([&, r] {
+      Job mine = j;
+      if (r == 1) mine.s.c = 10;  // the disagreement: a larger packed block
+      const Inputs my_in = make_inputs(mine, 505);
+      Options opt;
+      opt.backward = false;
+      out[size_t(r)] = run_rank_nccl(mine, my_in, opt, r, id, false);
+      rank_in[size_t(r)] = my_in;
+    });
+  for (std::thread& t : threads) t.join();
+  for (int r = 0; r < 2; ++r) {
+    SCOPED_TRACE(::testing::Message() << "rank " << r);
+    const RankResult& o = out[size_t(r)];
+    EXPECT_EQ(o.forward, BNORM_STATUS_COMM_ERROR);
+    EXPECT_NE(o.message.find("ncclAllGather"), std::string::npos) << o.message;
+    for (size_t ch = 0; ch < o.running_mean.size(); ++ch) {
+      EXPECT_EQ(o.running_mean[ch], float(rank_in[size_t(r)].running_mean[ch]));
+      EXPECT_TRUE(std::isnan(o.saved_mean[ch]));
+    }
+    for (double v : o.y) EXPECT_TRUE(std::isnan(v));
+  }
+}
+#endif  // BT_EMU
+
+#endif  // BT_HAVE_NCCL
 
 // ---- a global batch of fewer than two values ----------------------------------------------
 

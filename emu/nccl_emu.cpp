@@ -29,6 +29,16 @@
 // later collectives fail at once with it, as a broken NCCL communicator must
 // be aborted. A collective that ran at issue returns its result; one that ran
 // at a graph launch reports through the async error and ncclGetLastError.
+// ncclCommAbort fails the rounds its peers wait in, or will, the same way.
+//
+// Groups: the calls between ncclGroupStart and the outermost ncclGroupEnd
+// are queued on the calling thread and issued at that end, in order; when
+// they span several communicators (one thread driving several ranks, as
+// after ncclCommInitAll), each communicator's calls run on a thread of their
+// own, so that the ranks can meet. A call that fails its checks in a group
+// makes ncclGroupEnd fail with its error and issue nothing. Under capture a
+// group may not hold two ranks of one clique: a graph runs on one thread, so
+// they could never meet (ncclInvalidUsage).
 #include <nccl.h>
 
 #include <cuda_bf16.h>
@@ -432,8 +442,7 @@ ncclResult_t issue(const std::shared_ptr<Rank>& r, const Call& call, cudaStream_
 // A call made between ncclGroupStart and ncclGroupEnd.
 struct Pending {
   std::shared_ptr<Rank> r;
-  cudaStream_t stream;  // nullptr for an init
-  bool capture;         // the stream was being captured when the call was made
+  bool capture;  // its stream was being captured when the call was made
   std::function<ncclResult_t()> run;
 };
 
@@ -506,7 +515,7 @@ ncclResult_t flush_group(std::vector<Pending> calls) {
 ncclResult_t issue_or_queue(const std::shared_ptr<Rank>& r, cudaStream_t stream,
                             std::function<ncclResult_t()> run) {
   if (t_group_depth == 0) return run();
-  t_group.push_back(Pending{r, stream, capturing(stream), std::move(run)});
+  t_group.push_back(Pending{r, capturing(stream), std::move(run)});
   return ncclSuccess;
 }
 

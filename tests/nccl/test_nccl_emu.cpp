@@ -723,7 +723,7 @@ TEST(NcclEmu, BadArgumentsAreRefused) {
   // Bad datatype, op, root.
   EXPECT_EQ(ncclAllReduce(a, b, 4, bad_type, ncclSum, comm, nullptr), ncclInvalidArgument);
   EXPECT_NE(last().find("datatype"), std::string::npos) << last();
-  EXPECT_EQ(ncclAllGather(a, b, 1, ncclDataType_t(-1), comm, nullptr), ncclInvalidArgument);
+  EXPECT_EQ(ncclAllGather(a, b, 1, bad_type, comm, nullptr), ncclInvalidArgument);
   EXPECT_EQ(ncclAllReduce(a, b, 4, ncclFloat32, bad_op, comm, nullptr), ncclInvalidArgument);
   EXPECT_NE(last().find("op"), std::string::npos) << last();
   EXPECT_EQ(ncclReduceScatter(a, b, 4, ncclFloat32, bad_op, comm, nullptr), ncclInvalidArgument);

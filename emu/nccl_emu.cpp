@@ -343,7 +343,8 @@ void wait_round(std::unique_lock<std::mutex>& lock, Clique& c, Round& R, const R
                 Clock::time_point deadline, const char* phase, Pred done) {
   auto settled = [&] { return done() || R.error != ncclSuccess || c.error != ncclSuccess; };
   if (c.cv.wait_until(lock, deadline, settled)) {
-    if (c.error != ncclSuccess && R.error == ncclSuccess) fail_round_locked(c, R, c.error, c.why);
+    // An abort fails the round unless it is already complete for everyone.
+    if (!done() && c.error != ncclSuccess) fail_round_locked(c, R, c.error, c.why);
     return;
   }
   char buf[320];

@@ -38,10 +38,8 @@ void set_random_schedule(bool on, uint64_t seed);
 // it. Returns the error of a use that stream capture forbids (work on the
 // legacy default stream while a capture is under way), which also
 // invalidates the capture; `op` then does not run.
-// Exported from libbnorm_emu, like the launcher, for the other emulated
-// libraries built with it: libbnorm_nccl_emu issues its collectives through
-// it, so they are ordered and captured like kernels.
-__attribute__((visibility("default"))) cudaError_t submit(cudaStream_t stream,
-                                                          std::function<void()> op);
+// The emulated NCCL (nccl_emu.cpp) issues its collectives through it, so
+// that they are ordered and captured like kernels.
+cudaError_t submit(cudaStream_t stream, std::function<void()> op);
 
 }  // namespace emu

@@ -1,7 +1,7 @@
-// libbnorm_nccl_emu: the part of NCCL that synchronized batch norm uses, for
-// the emulated build. A program written for several GPUs over NCCL runs on
-// the CPU with one host thread per rank and links against this library (and
-// bnorm_emu) instead of libnccl (and cudart). The signatures are the
+// The part of NCCL that synchronized batch norm uses, for the emulated
+// build (part of libbnorm_emu, as its CUDA runtime subset is). A program
+// written for several GPUs over NCCL runs on the CPU with one host thread
+// per rank and links against bnorm_emu instead of libnccl (and cudart). The signatures are the
 // toolkit's own: this file includes <nccl.h>, so the compiler checks them.
 //
 // Ranks are threads of one process. A unique id names a rendezvous (a

@@ -1,4 +1,4 @@
-// libbnorm_nccl_emu: the NCCL calls of synchronized batch norm with ranks as
+// The emulated NCCL (in libbnorm_emu): the NCCL calls of synchronized batch norm with ranks as
 // host threads. Every result is checked against a plain loop written here
 // (wide integer arithmetic for the integer types, the rank-order rule for
 // the floating-point ones); float sums are also checked to be bitwise equal

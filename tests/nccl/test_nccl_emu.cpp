@@ -302,7 +302,8 @@ TEST(NcclEmu, AllGather) {
         for (int k = 0; k < n; ++k) {
           const std::vector<float> want = rank_values<float>(k, count);
           EXPECT_TRUE(same_bits(recv.data() + k * count, want.data(), count * sizeof(float)))
-              << "segment of rank " << k << " on rank " << rank << ", n " << n << " count " << count;
+              << "segment of rank " << k << " on rank " << rank << ", n " << n << " count "
+              << count;
         }
         EXPECT_EQ(recv[count * n], -7.0f) << "wrote past the receive buffer";
       });
@@ -317,7 +318,8 @@ TEST(NcclEmu, AllGatherInPlace) {
       RankCtx ctx;
       ctx.init(n, id, rank);
       std::vector<int64_t> buf(count * n, -1);
-      for (size_t i = 0; i < count; ++i) buf[rank * count + i] = value<int64_t>(rank, i) + (int64_t(1) << 53);
+      for (size_t i = 0; i < count; ++i)
+        buf[rank * count + i] = value<int64_t>(rank, i) + (int64_t(1) << 53);
       ASSERT_EQ(ncclAllGather(buf.data() + rank * count, buf.data(), count, ncclInt64, ctx.comm,
                               ctx.stream), ncclSuccess) << ncclGetLastError(ctx.comm);
       for (int k = 0; k < n; ++k)
@@ -434,9 +436,13 @@ TEST(NcclEmu, HalfAndBfloat16Reductions) {
     }
     std::vector<__half> hs(count), hm(count);
     std::vector<__nv_bfloat16> bs(count);
-    ASSERT_EQ(ncclAllReduce(h.data(), hs.data(), count, ncclFloat16, ncclSum, ctx.comm, ctx.stream), ncclSuccess);
-    ASSERT_EQ(ncclAllReduce(h.data(), hm.data(), count, ncclFloat16, ncclMax, ctx.comm, ctx.stream), ncclSuccess);
-    ASSERT_EQ(ncclAllReduce(b.data(), bs.data(), count, ncclBfloat16, ncclSum, ctx.comm, ctx.stream), ncclSuccess);
+    ASSERT_EQ(ncclAllReduce(h.data(), hs.data(), count, ncclFloat16, ncclSum, ctx.comm, ctx.stream),
+              ncclSuccess);
+    ASSERT_EQ(ncclAllReduce(h.data(), hm.data(), count, ncclFloat16, ncclMax, ctx.comm, ctx.stream),
+              ncclSuccess);
+    ASSERT_EQ(
+        ncclAllReduce(b.data(), bs.data(), count, ncclBfloat16, ncclSum, ctx.comm, ctx.stream),
+        ncclSuccess);
     for (size_t i = 0; i < count; ++i) {
       const float v = float(i % 7);
       EXPECT_EQ(__half2float(hs[i]), 3 * v + 30.0f);   // (0 + 10 + 20) + 3v
@@ -564,10 +570,14 @@ TEST(NcclEmu, GroupQueuesCallsUntilTheOutermostEnd) {
     std::vector<float> sum(count, 0.0f), gathered(count * n, 0.0f);
     std::vector<int32_t> mx(count, 0);
     ASSERT_EQ(ncclGroupStart(), ncclSuccess);
-    ASSERT_EQ(ncclAllReduce(a.data(), sum.data(), count, ncclFloat32, ncclSum, ctx.comm, ctx.stream), ncclSuccess);
+    ASSERT_EQ(
+        ncclAllReduce(a.data(), sum.data(), count, ncclFloat32, ncclSum, ctx.comm, ctx.stream),
+        ncclSuccess);
     ASSERT_EQ(ncclGroupStart(), ncclSuccess);
-    ASSERT_EQ(ncclAllGather(a.data(), gathered.data(), count, ncclFloat32, ctx.comm, ctx.stream), ncclSuccess);
-    ASSERT_EQ(ncclAllReduce(b.data(), mx.data(), count, ncclInt32, ncclMax, ctx.comm, ctx.stream), ncclSuccess);
+    ASSERT_EQ(ncclAllGather(a.data(), gathered.data(), count, ncclFloat32, ctx.comm, ctx.stream),
+              ncclSuccess);
+    ASSERT_EQ(ncclAllReduce(b.data(), mx.data(), count, ncclInt32, ncclMax, ctx.comm, ctx.stream),
+              ncclSuccess);
     ASSERT_EQ(ncclGroupEnd(), ncclSuccess);
     EXPECT_EQ(sum, std::vector<float>(count, 0.0f)) << "an inner ncclGroupEnd issued the group";
     EXPECT_EQ(mx, std::vector<int32_t>(count, 0));
@@ -605,7 +615,8 @@ TEST(NcclEmu, AGroupWithAFailedCallIssuesNothing) {
   for (ncclComm_t c : comms) EXPECT_EQ(ncclCommDestroy(c), ncclSuccess);
 }
 
-// ---- stream capture -------------------------------------------------------------------------------
+// ---- stream capture
+// -------------------------------------------------------------------------------
 
 // Captured (a copy into the send buffer, then the all-reduce), the
 // collective does nothing; at each launch of the graph on every rank it
@@ -636,7 +647,8 @@ TEST(NcclEmu, CollectiveInsideStreamCaptureRunsAtEachGraphLaunch) {
     // A collective outside the graph still pairs with the other ranks' next
     // one: capture advanced no sequence number.
     int one = 1, ranks = 0;
-    ASSERT_EQ(ncclAllReduce(&one, &ranks, 1, ncclInt32, ncclSum, ctx.comm, ctx.stream), ncclSuccess);
+    ASSERT_EQ(ncclAllReduce(&one, &ranks, 1, ncclInt32, ncclSum, ctx.comm, ctx.stream),
+              ncclSuccess);
     EXPECT_EQ(ranks, n);
     EXPECT_EQ(recv, std::vector<float>(count, -1.0f));
 
@@ -711,7 +723,8 @@ TEST(NcclEmu, GraphLaunchedAfterItsCommunicatorIsDestroyedFails) {
   EXPECT_EQ(cudaStreamDestroy(s), cudaSuccess);
 }
 
-// ---- errors ---------------------------------------------------------------------------------------
+// ---- errors
+// ---------------------------------------------------------------------------------------
 
 TEST(NcclEmu, BadArgumentsAreRefused) {
   ncclComm_t comm = nullptr;
@@ -726,7 +739,8 @@ TEST(NcclEmu, BadArgumentsAreRefused) {
   EXPECT_NE(last().find("ncclAllReduce"), std::string::npos) << last();
   EXPECT_EQ(ncclAllGather(a, b, 1, ncclFloat32, nullptr, nullptr), ncclInvalidArgument);
   EXPECT_EQ(ncclBroadcast(a, b, 4, ncclFloat32, 0, nullptr, nullptr), ncclInvalidArgument);
-  EXPECT_EQ(ncclReduceScatter(a, b, 4, ncclFloat32, ncclSum, nullptr, nullptr), ncclInvalidArgument);
+  EXPECT_EQ(ncclReduceScatter(a, b, 4, ncclFloat32, ncclSum, nullptr, nullptr),
+            ncclInvalidArgument);
   int v = 0;
   ncclResult_t r = ncclSuccess;
   EXPECT_EQ(ncclCommCount(nullptr, &v), ncclInvalidArgument);
@@ -745,7 +759,8 @@ TEST(NcclEmu, BadArgumentsAreRefused) {
   EXPECT_EQ(ncclAllReduce(a, nullptr, 4, ncclFloat32, ncclSum, comm, nullptr), ncclInvalidArgument);
   EXPECT_NE(last().find("recvbuff"), std::string::npos) << last();
   EXPECT_EQ(ncclAllGather(nullptr, b, 1, ncclFloat32, comm, nullptr), ncclInvalidArgument);
-  EXPECT_EQ(ncclReduceScatter(a, nullptr, 1, ncclFloat32, ncclSum, comm, nullptr), ncclInvalidArgument);
+  EXPECT_EQ(ncclReduceScatter(a, nullptr, 1, ncclFloat32, ncclSum, comm, nullptr),
+            ncclInvalidArgument);
   EXPECT_EQ(ncclBroadcast(nullptr, b, 1, ncclFloat32, 0, comm, nullptr), ncclInvalidArgument);
   EXPECT_EQ(ncclAllReduce(nullptr, nullptr, 0, ncclFloat32, ncclSum, comm, nullptr), ncclSuccess);
   EXPECT_EQ(ncclAllGather(nullptr, nullptr, 0, ncclFloat32, comm, nullptr), ncclSuccess);
@@ -909,7 +924,8 @@ TEST(NcclEmu, AbortWakesTheRanksWaitingForIt) {
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - t0).count(), 10.0);
 }
 
-// ---- several communicators at once --------------------------------------------------------------------
+// ---- several communicators at once
+// --------------------------------------------------------------------
 
 // Two jobs of three ranks each, all six threads issuing at once, plus a
 // third communicator spanning one rank of each job (threads 0 and 3): the

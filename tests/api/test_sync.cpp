@@ -778,7 +778,7 @@ TEST(SyncEdges, EmptyGlobalBatchWritesNothing) {
 
 // ---- errors: a status naming the argument, nothing written -----------------------------------
 
-struct ErrorFixture : public ::testing::Test {
+struct SyncErrors : public ::testing::Test {
   void SetUp() override {
     if (!bt::have_device()) GTEST_SKIP() << "no CUDA device on this machine";
     handle.reset(new bt::Handle);
@@ -825,7 +825,7 @@ struct ErrorFixture : public ::testing::Test {
   DeviceBuffer x, y, rm, rv, sm, sr, local, gathered, grads, ws;
 };
 
-TEST_F(ErrorFixture, ForwardApplyRejectsBadRanksAndBuffers) {
+TEST_F(SyncErrors, ForwardApplyRejectsBadRanksAndBuffers) {
   if (IsSkipped()) return;
   const auto before = snapshot();
   expect_failure(apply(0, 0, -1, gathered.get()), BNORM_STATUS_INVALID_VALUE, "'nranks'", before);
@@ -848,7 +848,7 @@ TEST_F(ErrorFixture, ForwardApplyRejectsBadRanksAndBuffers) {
                  BNORM_STATUS_NULL_POINTER, "running_var", before);
 }
 
-TEST_F(ErrorFixture, ForwardStatsRejectsBadBuffers) {
+TEST_F(SyncErrors, ForwardStatsRejectsBadBuffers) {
   if (IsSkipped()) return;
   const auto before = snapshot();
   expect_failure(bnormSyncForwardStats(h, nullptr, &d, nullptr, x.get(), nullptr, ws.get(), fws),
@@ -876,7 +876,7 @@ TEST_F(ErrorFixture, ForwardStatsRejectsBadBuffers) {
   EXPECT_EQ(bnormGetSyncBufferSizes(h, 3, nullptr, &b), BNORM_STATUS_NULL_POINTER);
 }
 
-TEST_F(ErrorFixture, BackwardPhasesRejectBadBuffers) {
+TEST_F(SyncErrors, BackwardPhasesRejectBadBuffers) {
   if (IsSkipped()) return;
   DeviceBuffer dy = bt::upload_tensor(bt::random_activations(k, 2), k.dtype);
   DeviceBuffer dx = poisoned(x.bytes()), dg = poisoned(12), db = poisoned(12);

@@ -23,7 +23,7 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
       .required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
   const Plan plan = make_plan(*handle, *desc, cfg.path);
-  *workspace_bytes = k::ForwardWorkspace(desc->c, plan.reduce.splits).total;
+  *workspace_bytes = forward_workspace_bytes(plan);
   return BNORM_STATUS_SUCCESS;
 }
 
@@ -54,9 +54,9 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cbytes = size_t(desc->c) * sizeof(float);
   const Plan plan = make_plan(*handle, *desc, cfg.path);
-  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
-  // The call writes the first ws.total bytes of the workspace, no more.
-  const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
+  const size_t ws_total = forward_workspace_bytes(plan);
+  // The call writes the first ws_total bytes of the workspace, no more.
+  const size_t ws_used = workspace_bytes < ws_total ? workspace_bytes : ws_total;
   const bool has_data = bytes > 0;
   const bool tracking = running_mean || running_var;
   const bool cumulative = cfg.average == BNORM_AVERAGE_CUMULATIVE;
@@ -94,7 +94,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
     return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                       "n * spatial == 1: the variance of one value per channel is undefined")
         .status();
-  check.workspace(workspace, workspace_bytes, ws.total);
+  check.workspace(workspace, workspace_bytes, ws_total);
   if (!check.ok()) return check.status();
   if (m == 0) return BNORM_STATUS_SUCCESS;
 
@@ -115,6 +115,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
   a.workspace = workspace;
   a.ep = epilogue_args(cfg, numel);
   const cudaError_t e = plan.reduce.single_block ? k::tiny_forward_training(a, stream)
+                        : plan.reduce.persistent ? k::persistent_forward_training(a, stream)
                                                  : k::forward_training(a, stream);
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))

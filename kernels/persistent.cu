@@ -9,9 +9,11 @@
 //   backward: g = dy (masked by the forward's ReLU bits), the sums
 //             (sum g, sum g * (x - mean)) with the saved mean, then
 //             dx = a * ((g - mdy) - (x - mean) * k)
-// Only the schedule differs. Every block keeps its slice in registers, as
-// the raw vectors it loaded (K vectors of N elements a thread per tensor,
-// launch.h), so no value is read twice:
+// Only the schedule differs. Every thread keeps its slice in registers, in
+// fp32 and already in the form both phases use (K vectors of N values a
+// thread per tensor, launch.h): x - pivot forward, the masked g and x - mean
+// backward, so that no value is read twice and the statistics and the
+// output see bitwise the same operands as NormalizeOp and DxFullOp:
 //   1. load the slice; fold it into one partial state per channel and unit
 //      (a warp on one channel for ChannelMajor, a block of column vectors
 //      for ChannelMinor, merged by a fixed tree) and write it to the
@@ -33,7 +35,7 @@
 // see the new value. y == x and dx == dy or x are safe: each block writes
 // only the elements it read, after it read them, and nothing is read from
 // the tensors after the barrier but z (which y may alias, element by
-// element) and the mask bits (kept in a register in the backward).
+// element: each is read before it is written).
 // The fused epilogue is that of the other paths (epilogue.cuh): the same
 // fmaf, + z, ReLU and mask bits.
 #include "dtype.cuh"
@@ -456,11 +458,11 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
   }
 }
 
-template <class T, int N>
+template <int N>
 constexpr size_t forward_shared(bool major) {
   return major ? 0 : minor_shared_bytes<Welford, Affine>(N);
 }
-template <class T, int N>
+template <int N>
 constexpr size_t backward_shared(bool major) {
   return major ? 0 : minor_shared_bytes<Sum2, Coeffs>(N);
 }
@@ -486,15 +488,15 @@ void occupancy_of_dtype(int& forward, int& backward) {
       constexpr int N = decltype(n)::value;
       constexpr int KF = kPersistForwardValues / N, KB = kPersistBackwardValues / N;
       take(forward, occupancy_of(reinterpret_cast<const void*>(&persist_forward_major<T, N, KF>),
-                                 forward_shared<T, N>(true)));
+                                 forward_shared<N>(true)));
       take(forward, occupancy_of(reinterpret_cast<const void*>(&persist_forward_minor<T, N, KF>),
-                                 forward_shared<T, N>(false)));
+                                 forward_shared<N>(false)));
       take(backward,
            occupancy_of(reinterpret_cast<const void*>(&persist_backward_major<T, N, KB>),
-                        backward_shared<T, N>(true)));
+                        backward_shared<N>(true)));
       take(backward,
            occupancy_of(reinterpret_cast<const void*>(&persist_backward_minor<T, N, KB>),
-                        backward_shared<T, N>(false)));
+                        backward_shared<N>(false)));
       return cudaSuccess;
     });
   }
@@ -514,7 +516,7 @@ cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream
       const PersistGeometry g = persist_geometry(t, N, kPersistForwardValues);
       // Pointers narrower than planned can make the grid too large to be resident.
       if (g.grid > a.plan.persist_capacity) return forward_training(a, stream);
-      const size_t shared = forward_shared<T, N>(major);
+      const size_t shared = forward_shared<N>(major);
       ForwardParams<T> p{};
       p.s = stats_params(a);
       p.s.splits = g.splits;
@@ -554,7 +556,7 @@ cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream) {
       constexpr int K = kPersistBackwardValues / N;
       const PersistGeometry g = persist_geometry(t, N, kPersistBackwardValues);
       if (g.grid > a.plan.persist_capacity) return backward(a, stream);
-      const size_t shared = backward_shared<T, N>(major);
+      const size_t shared = backward_shared<N>(major);
       BackwardParams<T> p{};
       p.g.c = t.c;
       set_counts(p.g, t.m());

@@ -32,6 +32,9 @@ int worker_threads();
 // Schedule control (see emu/bnorm_emu.h).
 void set_random_schedule(bool on, uint64_t seed);
 
+// Grids run so far, all of them and the cooperative ones (bnorm_emu.h).
+uint64_t grids_run(bool cooperative_only);
+
 // Work issued to a stream (a kernel, a copy, a host function): runs now,
 // since every operation completes when issued, or, while the stream is being
 // captured, is appended to the capture's graph and runs at each launch of

@@ -322,7 +322,7 @@ Model model_header(const Scenario& s) {
     md.config_ok = false;
   if (cfg.size >= path_end) {
     const int path = get_raw(cfg.path);
-    if (path < 0 || path > 2) md.config_ok = false;
+    if (path < 0 || path > 3) md.config_ok = false;
   }
   md.eps = cfg.eps;
   md.factor = cfg.exponential_average_factor;
@@ -522,7 +522,7 @@ Scenario decode(FuzzedDataProvider& f) {
   if (rare(f, 4)) s.config.eps = interesting_double(f);
   if (rare(f, 4)) s.config.exponential_average_factor = interesting_double(f);
   set_raw(s.config.average, rare(f, 8) ? raw_enum(f, 2) : f.ConsumeIntegralInRange<int>(0, 1));
-  set_raw(s.config.path, rare(f, 8) ? raw_enum(f, 3) : f.ConsumeIntegralInRange<int>(0, 2));
+  set_raw(s.config.path, rare(f, 8) ? raw_enum(f, 4) : f.ConsumeIntegralInRange<int>(0, 3));
 
   // Data.
   s.data_seed = f.ConsumeIntegral<uint64_t>();

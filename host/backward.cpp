@@ -23,10 +23,13 @@ bool check_backward(Checker& check, bnormHandle_t handle, const BackwardRequest&
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cb = size_t(desc->c) * sizeof(float);
   const bool grads = r.dgamma || r.dbeta;
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
-  const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, !frozen);
-  // The call writes the first ws.total bytes of the workspace, no more.
-  const size_t ws_used = r.workspace_bytes < ws.total ? r.workspace_bytes : ws.total;
+  // The synchronized phases run the multi-pass kernels (the exchange sits
+  // between the sums and dx).
+  const Plan plan = make_plan(*handle, *desc, batch.sync ? BNORM_PATH_MULTI_PASS : cfg.path,
+                              Pass::Backward);
+  const size_t ws_total = backward_workspace_bytes(plan, frozen);
+  // The call writes the first ws_total bytes of the workspace, no more.
+  const size_t ws_used = r.workspace_bytes < ws_total ? r.workspace_bytes : ws_total;
   const char* mean_name = frozen ? "running_mean" : "saved_mean";
   const char* stat_name = frozen ? "running_var" : "saved_rstd";
   if (bytes > 0) {
@@ -61,7 +64,7 @@ bool check_backward(Checker& check, bnormHandle_t handle, const BackwardRequest&
   if (m == 1 && !frozen && !batch.sync)
     check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                "n * spatial == 1: batch statistics of one value per channel are undefined");
-  check.workspace(r.workspace, r.workspace_bytes, ws.total);
+  check.workspace(r.workspace, r.workspace_bytes, ws_total);
   if (!check.ok()) return false;
 
   *a = k::BackwardArgs{};
@@ -99,7 +102,9 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
       if (e == cudaSuccess) e = cudaMemsetAsync(a.dbeta, 0, cb, stream);
     }
   } else {
-    e = a.plan.single_block ? k::tiny_backward(a, stream) : k::backward(a, stream);
+    e = a.plan.single_block ? k::tiny_backward(a, stream)
+        : a.plan.persistent ? k::persistent_backward(a, stream)
+                            : k::backward(a, stream);
   }
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
@@ -116,8 +121,8 @@ bnormStatus_t workspace_size(const char* call, bnormHandle_t handle,
   check.handle(handle).desc(desc, &elem).config(config, false, &cfg)
       .required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
-  *workspace_bytes = k::BackwardWorkspace(desc->c, plan.reduce.splits, !frozen).total;
+  const Plan plan = make_plan(*handle, *desc, cfg.path, Pass::Backward);
+  *workspace_bytes = backward_workspace_bytes(plan, frozen);
   return BNORM_STATUS_SUCCESS;
 }
 

@@ -106,7 +106,7 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
   if (c->size >= offsetof(bnormConfig_t, path) + sizeof(c->path)) {
     const int path = enum_value(c->path);
     if (path != BNORM_PATH_AUTO && path != BNORM_PATH_MULTI_PASS &&
-        path != BNORM_PATH_SINGLE_BLOCK)
+        path != BNORM_PATH_SINGLE_BLOCK && path != BNORM_PATH_PERSISTENT)
       return fail(BNORM_STATUS_INVALID_VALUE, "config->path (%d) is not a bnormPath_t", path);
     out->path = c->path;
   }

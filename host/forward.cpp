@@ -43,10 +43,12 @@ bool check_training(Checker& check, bnormHandle_t handle, const TrainingRequest&
 
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cbytes = size_t(desc->c) * sizeof(float);
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
-  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
-  // The call writes the first ws.total bytes of the workspace, no more.
-  const size_t ws_used = r.workspace_bytes < ws.total ? r.workspace_bytes : ws.total;
+  // The synchronized phases run the multi-pass kernels: the exchange sits
+  // between the statistics and the normalize.
+  const Plan plan = make_plan(*handle, *desc, batch.sync ? BNORM_PATH_MULTI_PASS : cfg.path);
+  const size_t ws_total = forward_workspace_bytes(plan);
+  // The call writes the first ws_total bytes of the workspace, no more.
+  const size_t ws_used = r.workspace_bytes < ws_total ? r.workspace_bytes : ws_total;
   const bool has_data = bytes > 0;
   const bool tracking = r.running_mean || r.running_var;
   const bool cumulative = cfg.average == BNORM_AVERAGE_CUMULATIVE;
@@ -87,7 +89,7 @@ bool check_training(Checker& check, bnormHandle_t handle, const TrainingRequest&
     check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
                "n * spatial == 1: the variance of one value per channel is undefined");
   }
-  check.workspace(r.workspace, r.workspace_bytes, ws.total);
+  check.workspace(r.workspace, r.workspace_bytes, ws_total);
   if (!check.ok()) return false;
 
   *a = k::ForwardTrainingArgs{};
@@ -126,7 +128,7 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
       .required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
   const Plan plan = make_plan(*handle, *desc, cfg.path);
-  *workspace_bytes = k::ForwardWorkspace(desc->c, plan.reduce.splits).total;
+  *workspace_bytes = forward_workspace_bytes(plan);
   return BNORM_STATUS_SUCCESS;
 }
 
@@ -156,6 +158,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
   if (!check_training(check, handle, r, Batch{false, -1}, &a)) return check.status();
   if (a.t.m() == 0) return BNORM_STATUS_SUCCESS;
   const cudaError_t e = a.plan.single_block ? k::tiny_forward_training(a, stream)
+                        : a.plan.persistent ? k::persistent_forward_training(a, stream)
                                             : k::forward_training(a, stream);
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))

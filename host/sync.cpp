@@ -61,7 +61,7 @@ bnormStatus_t forward_stats(Checker& check, bnormHandle_t handle, cudaStream_t s
   check.handle(handle).desc(desc, &elem).config(config, true, &cfg);
   if (!check.ok()) return check.status();
   const size_t bytes = tensor_bytes(desc, elem);
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
+  const Plan plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS);
   const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
   const size_t stats_bytes = k::SyncStatsLayout(desc->c).total;
   const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
@@ -102,7 +102,7 @@ bnormStatus_t backward_grads(Checker& check, bnormHandle_t handle, cudaStream_t 
   const size_t bytes = tensor_bytes(desc, elem);
   const size_t cb = size_t(desc->c) * sizeof(float);
   const int64_t numel = desc->n * desc->c * desc->spatial;
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
+  const Plan plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS, Pass::Backward);
   const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, true);
   const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
   const size_t grads_bytes = k::sync_grads_bytes(desc->c);

@@ -40,7 +40,8 @@ bool plan_call(Checker& check, bnormHandle_t handle, const bnormTensorDesc_t* de
   Config cfg;
   check.handle(handle).desc(desc, &elem).config(config, training, &cfg);
   if (!check.ok()) return false;
-  *plan = make_plan(*handle, *desc, cfg.path);
+  // The multi-pass kernels: the collective sits between two of their passes.
+  *plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS, training ? Pass::Forward : Pass::Backward);
   return true;
 }
 

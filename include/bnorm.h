@@ -175,7 +175,17 @@ typedef enum {
   /* One launch, one block, a warp per channel: the fastest for tiny
    * tensors (launch latency dominates), slow for large ones. Channels of
    * 2^32 values or more run the multi-pass kernels instead. */
-  BNORM_PATH_SINGLE_BLOCK = 2
+  BNORM_PATH_SINGLE_BLOCK = 2,
+  /* One cooperative launch that keeps x (and dy) on chip between the
+   * statistics and the normalize (or dx), so each value is read from memory
+   * once: for tensors whose whole extent fits in the registers of the grid
+   * the device holds resident at once (on an H100 about 2.2 M values
+   * forward, 1.6 M backward).
+   * When the tensor does not fit, or the device cannot launch cooperatively,
+   * the call runs the multi-pass kernels instead. Forward training and the
+   * backward with saved statistics; the backward without them and the
+   * frozen backward run the multi-pass kernels. Added in 0.2. */
+  BNORM_PATH_PERSISTENT = 3
 } bnormPath_t;
 
 /* A fused epilogue after the normalization (forward) and its gradient

@@ -296,6 +296,11 @@ std::vector<Job> jobs() {
   // One forced single-block run of a larger case too.
   out.push_back({cases[2], Kind::kTrain, BNORM_PATH_SINGLE_BLOCK});
   out.push_back({cases[2], Kind::kBackward, BNORM_PATH_SINGLE_BLOCK});
+  // And the persistent (cooperative) kernels, whose grid-wide barrier runs
+  // on threads of their own while the other jobs run.
+  for (const Case& k : {cases[1], cases[2]})
+    for (Kind kind : {Kind::kTrain, Kind::kTrainCumulative, Kind::kBackward})
+      out.push_back({k, kind, BNORM_PATH_PERSISTENT});
   return out;
 }
 

@@ -625,7 +625,7 @@ TEST_P(EveryCall, UnknownAverage) {
 
 TEST_P(EveryCall, UnknownPath) {
   const Call call = GetParam();
-  for (int v : {3, -1, 0x7fffffff}) {
+  for (int v : {4, -1, 0x7fffffff}) {
     Args a = w.args(call);
     set_raw(a.config.path, v);
     expect_failure(w, call, a, BNORM_STATUS_INVALID_VALUE, {"config->path"},

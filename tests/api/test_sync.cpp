@@ -530,6 +530,29 @@ TEST(SyncEdges, ReluEpilogueMatchesTheReference) {
     EXPECT_NEAR(got[0].dgamma[ch], wantb.dgamma[ch], 1e-5 * wantb.abs_dgamma[ch] + 1e-6) << ch;
 }
 
+// The synchronized calls always run the multi-pass kernels (the exchange
+// sits between their passes): config->path changes nothing, bit for bit.
+TEST(SyncEdges, TheConfigsKernelPathChangesNothing) {
+  BT_REQUIRE_DEVICE();
+  const Job j{{0, 4, 6}, BNORM_LAYOUT_NHWC, BNORM_DATA_FLOAT, {2, 3}};
+  const Inputs in = make_inputs(j, 71);
+  const Options automatic;
+  const std::vector<RankResult> want = run_job(j, in, automatic);
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    Options opt;
+    opt.cfg.path = path;
+    const std::vector<RankResult> got = run_job(j, in, opt);
+    for (size_t r = 0; r < got.size(); ++r) {
+      ASSERT_EQ(got[r].forward, BNORM_STATUS_SUCCESS) << got[r].message;
+      EXPECT_TRUE(same_bits(got[r].y, want[r].y));
+      EXPECT_TRUE(same_bits(got[r].dx, want[r].dx));
+      EXPECT_TRUE(same_bits(got[r].saved_rstd, want[r].saved_rstd));
+      EXPECT_TRUE(same_bits(got[r].dgamma, want[r].dgamma));
+    }
+  }
+}
+
 // ---- the built-in NCCL path ------------------------------------------------------------------
 #if BT_HAVE_NCCL
 

@@ -24,6 +24,9 @@
 #      step of its own, e.g. with --skip-sanitizers --skip-bench --skip-torch.
 #   5. bnorm-bench (the full suite, or --quick), CSV in
 #      bench/results/<date>-<card>.csv (<date>-<card>-quick.csv with --quick).
+#   5b. bnorm-bench-fused (BN + add + ReLU: bnorm fused, bnorm unfused, cuDNN's
+#      BN_ADD_ACTIVATION; --quick passed on), CSV beside it (-fused.csv).
+#      Skipped with --skip-bench too.
 #   6. bench/torch_bench.py on the same cases, CSV beside it (-torch.csv),
 #      with bnorm timed through the Python binding beside torch (--bnorm).
 # Logs go to ${OUT:-/tmp}/gpu-check/.
@@ -44,7 +47,7 @@ CTEST_TIMEOUT=${CTEST_TIMEOUT:-900} # seconds per test
 CTEST_JOBS=${CTEST_JOBS:-4}         # GPU tests run at once
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -370,6 +373,7 @@ SUFFIX=""
 [[ $QUICK -eq 1 ]] && SUFFIX="-quick"
 BENCH_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX.csv
 TORCH_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-torch.csv
+FUSED_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-fused.csv
 run_bench() {
   local exe=$BUILD_DIR/bench/bnorm-bench
   [[ -x $exe ]] || { echo "$exe was not built (cuDNN missing?)"; return 1; }
@@ -382,6 +386,21 @@ if [[ $SKIP_BENCH -eq 1 ]]; then
 else
   step "bnorm-bench$SUFFIX" "$LOG_DIR/bench.log" run_bench
   cp -f "$LOG_DIR/bench.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX.txt" 2>/dev/null || true
+fi
+
+# ---- 5b. the fused-epilogue benchmark ----------------------------------------------------------------
+run_bench_fused() {
+  local exe=$BUILD_DIR/bench/bnorm-bench-fused
+  [[ -x $exe ]] || { echo "$exe was not built (cuDNN missing?)"; return 1; }
+  local args=(--csv "$FUSED_CSV")
+  [[ $QUICK -eq 1 ]] && args+=(--quick)
+  "$exe" "${args[@]}"
+}
+if [[ $SKIP_BENCH -eq 1 ]]; then
+  record "bnorm-bench-fused" SKIP 0 "--skip-bench"
+else
+  step "bnorm-bench-fused$SUFFIX" "$LOG_DIR/bench-fused.log" run_bench_fused
+  cp -f "$LOG_DIR/bench-fused.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX-fused.txt" 2>/dev/null || true
 fi
 
 run_torch() {
@@ -415,12 +434,19 @@ if [[ -f $LOG_DIR/bench.log ]]; then
   mism=$(grep -c 'MISMATCH\|bnorm-error' "$LOG_DIR/bench.log" || true)
   [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH or bnorm-error in bench.log"
 fi
+if [[ -f $LOG_DIR/bench-fused.log ]]; then
+  echo "-- bnorm-bench-fused:"
+  sed -n '/^geometric-mean speedups of bnorm fused/,/^$/p' "$LOG_DIR/bench-fused.log" | grep -v '^$' | head -n 4 | sed 's/^/   /'
+  mism=$(grep -c 'MISMATCH\|bnorm-error\|^FAILED' "$LOG_DIR/bench-fused.log" || true)
+  [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH, bnorm-error or FAILED in bench-fused.log"
+fi
 if [[ -f $LOG_DIR/torch.log ]]; then
   echo "-- torch_bench:"
   grep -E '^(geometric|  (fwd_|bwd))' "$LOG_DIR/torch.log" | head -n 6 | sed 's/^/   /' || true
 fi
 [[ -f $BENCH_CSV ]] && echo "results: $BENCH_CSV"
 [[ -f $TORCH_CSV ]] && echo "         $TORCH_CSV"
+[[ -f $FUSED_CSV ]] && echo "         $FUSED_CSV"
 echo "logs: $LOG_DIR"
 if [[ $FAILED -ne 0 ]]; then
   echo "RESULT: FAIL"

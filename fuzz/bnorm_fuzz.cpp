@@ -512,19 +512,10 @@ void model_pointers(const Scenario& s, const uint8_t* base, size_t need, Model& 
   std::vector<std::pair<Slot, Slot>> ep_in_place;
   if (ep) {
     const bool forward = s.op == Op::kFwd || s.op == Op::kInf;
-    // KNOWN DIFFERENCE, reported, not fixed here: bnorm.h says a call
-    // ignores the fields that are not its own, so with RELU config->residual
-    // (forward) and config->residual_grad (backward) are not the call's; the
-    // library still counts them, when not NULL, in its overlap check (z as
-    // an input, dz as an output: host/forward.cpp, host/inference.cpp,
-    // host/backward.cpp), so a RELU call whose unused residual_grad overlaps
-    // an output fails with BAD_ALIASING. The model follows the library there
-    // so that this fuzzer passes; the rest of the epilogue rules are the
-    // header's.
+    // bnorm.h: a call ignores the fields that are not its own (z and dz
+    // with a ReLU alone), in its checks too.
     for (Slot k : epilogue_slots(s.op))
-      if (epilogue_active(s.op, md.epilogue, k) ||
-          (pl[k].present && ((forward && k == kResidual) || (!forward && k == kResidualGrad))))
-        regions.push_back(k);
+      if (epilogue_active(s.op, md.epilogue, k)) regions.push_back(k);
     if (epilogue_active(s.op, md.epilogue, kResidual)) req(kResidual), align(kResidual, md.elem);
     if (epilogue_active(s.op, md.epilogue, kResidualGrad))
       req(kResidualGrad), align(kResidualGrad, md.elem);

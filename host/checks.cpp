@@ -123,8 +123,12 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
                   epilogue);
     out->epilogue = c->epilogue;
     if (epilogue != BNORM_EPILOGUE_NONE) {
-      out->residual = c->residual;
-      out->residual_grad = c->residual_grad;
+      // z and dz belong to the add: a ReLU alone ignores them, as bnorm.h
+      // says, and so does every check that follows.
+      if (epilogue == BNORM_EPILOGUE_ADD_RELU) {
+        out->residual = c->residual;
+        out->residual_grad = c->residual_grad;
+      }
       out->relu_mask = c->relu_mask;
       out->relu_mask_bytes = c->relu_mask_bytes;
     }

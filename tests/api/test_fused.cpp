@@ -603,3 +603,43 @@ INSTANTIATE_TEST_SUITE_P(Types, FusedErrors,
                          ::testing::Values(BNORM_DATA_FLOAT, BNORM_DATA_HALF, BNORM_DATA_BFLOAT16));
 
 }  // namespace
+
+// A ReLU alone ignores config->residual and config->residual_grad (they
+// belong to the add): stale pointers left there, even ones that overlap the
+// call's own outputs, change nothing. (They used to enter the overlap check:
+// BAD_ALIASING.)
+TEST(FusedRelu, IgnoresTheAddsPointers) {
+  BT_REQUIRE_DEVICE();
+  bt::Handle h;
+  const Case k{{3, 4, 5}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT};
+  const bnormTensorDesc_t d = k.desc();
+  size_t fws = 0, bws = 0, mask_bytes = 0;
+  ASSERT_EQ(bnormGetForwardTrainingWorkspaceSize(h, &d, nullptr, &fws), BNORM_STATUS_SUCCESS);
+  ASSERT_EQ(bnormGetBackwardFrozenWorkspaceSize(h, &d, nullptr, &bws), BNORM_STATUS_SUCCESS);
+  ASSERT_EQ(bnormGetReluMaskSize(h, &d, &mask_bytes), BNORM_STATUS_SUCCESS);
+  bt::DeviceBuffer x = bt::upload_tensor(bt::random_activations(k, 3), k.dtype);
+  bt::DeviceBuffer dy = bt::upload_tensor(bt::random_activations(k, 4), k.dtype);
+  bt::DeviceBuffer y(x.bytes()), dx(x.bytes()), mask(mask_bytes), ws(std::max(fws, bws));
+  bt::DeviceBuffer rm = bt::upload_floats(std::vector<double>(4, 0.0));
+  bt::DeviceBuffer rv = bt::upload_floats(std::vector<double>(4, 1.0));
+  bt::DeviceBuffer sm(16), sr(16), dg(16), db(16);
+  bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
+  cfg.epilogue = BNORM_EPILOGUE_RELU;
+  cfg.relu_mask = mask.get();
+  cfg.relu_mask_bytes = mask_bytes;
+  cfg.residual = sm.get();      // overlaps an output of the forward
+  cfg.residual_grad = dg.get();  // overlaps an output of the backward
+  EXPECT_EQ(bnormForwardTraining(h, nullptr, &d, &cfg, x.get(), y.get(), nullptr, nullptr, rm.f32(),
+                                 rv.f32(), nullptr, sm.f32(), sr.f32(), ws.get(), fws),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(bnormForwardInference(h, nullptr, &d, &cfg, x.get(), y.get(), nullptr, nullptr,
+                                  rm.f32(), rv.f32()),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(bnormBackwardFrozen(h, nullptr, &d, &cfg, x.get(), dy.get(), dx.get(), nullptr,
+                                rm.f32(), rv.f32(), dg.f32(), db.f32(), ws.get(), bws),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}

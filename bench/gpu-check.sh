@@ -27,6 +27,9 @@
 #   5b. bnorm-bench-fused (BN + add + ReLU: bnorm fused, bnorm unfused, cuDNN's
 #      BN_ADD_ACTIVATION; --quick passed on), CSV beside it (-fused.csv).
 #      Skipped with --skip-bench too.
+#   5c. bnorm-bench-sync (synchronized batch norm on a one-rank NCCL
+#      communicator against the local calls), CSV beside it (-sync.csv).
+#      Skipped with --skip-bench too.
 #   6. bench/torch_bench.py on the same cases, CSV beside it (-torch.csv),
 #      with bnorm timed through the Python binding beside torch (--bnorm).
 # Logs go to ${OUT:-/tmp}/gpu-check/.
@@ -374,6 +377,7 @@ SUFFIX=""
 BENCH_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX.csv
 TORCH_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-torch.csv
 FUSED_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-fused.csv
+SYNC_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-sync.csv
 run_bench() {
   local exe=$BUILD_DIR/bench/bnorm-bench
   [[ -x $exe ]] || { echo "$exe was not built (cuDNN missing?)"; return 1; }
@@ -401,6 +405,21 @@ if [[ $SKIP_BENCH -eq 1 ]]; then
 else
   step "bnorm-bench-fused$SUFFIX" "$LOG_DIR/bench-fused.log" run_bench_fused
   cp -f "$LOG_DIR/bench-fused.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX-fused.txt" 2>/dev/null || true
+fi
+
+# ---- 5c. the synchronized path's overhead --------------------------------------------------------------
+run_bench_sync() {
+  local exe=$BUILD_DIR/bench/bnorm-bench-sync
+  [[ -x $exe ]] || { echo "$exe was not built (NCCL missing?)"; return 1; }
+  local args=(--csv "$SYNC_CSV")
+  [[ $QUICK -eq 1 ]] && args+=(--reps 10)
+  "$exe" "${args[@]}"
+}
+if [[ $SKIP_BENCH -eq 1 ]]; then
+  record "bnorm-bench-sync" SKIP 0 "--skip-bench"
+else
+  step "bnorm-bench-sync$SUFFIX" "$LOG_DIR/bench-sync.log" run_bench_sync
+  cp -f "$LOG_DIR/bench-sync.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX-sync.txt" 2>/dev/null || true
 fi
 
 run_torch() {
@@ -439,6 +458,12 @@ if [[ -f $LOG_DIR/bench-fused.log ]]; then
   sed -n '/^geometric-mean speedups of bnorm fused/,/^$/p' "$LOG_DIR/bench-fused.log" | grep -v '^$' | head -n 4 | sed 's/^/   /'
   mism=$(grep -c 'MISMATCH\|bnorm-error\|^FAILED' "$LOG_DIR/bench-fused.log" || true)
   [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH, bnorm-error or FAILED in bench-fused.log"
+fi
+if [[ -f $LOG_DIR/bench-sync.log ]]; then
+  echo "-- bnorm-bench-sync (sync us / local us per case and op):"
+  grep -E '^(NCHW|NHWC) ' "$LOG_DIR/bench-sync.log" | awk '{printf "   %s %s %s %s %-9s %s\n", $1, $2, $3, $4, $5, $9}' | head -n 16
+  mism=$(grep -c 'MISMATCH' "$LOG_DIR/bench-sync.log" || true)
+  [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH in bench-sync.log"
 fi
 if [[ -f $LOG_DIR/torch.log ]]; then
   echo "-- torch_bench:"

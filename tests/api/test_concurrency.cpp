@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "threads.h"
 #include "ops.h"
 #ifdef BT_EMU
 #include <bnorm_emu.h>
@@ -37,54 +38,14 @@ using bt::Case;
 
 constexpr int kThreads = 8;
 
-// Runs `body(t)` on kThreads threads and waits, at most `limit`; a thread
-// that has not finished by then is a deadlock: abort with a message.
+// Runs `body(t)` on kThreads threads; one still running after `limit` is a
+// deadlock: the process aborts with a message (threads.h).
 void run_threads(const std::function<void(int)>& body,
                  std::chrono::seconds limit = std::chrono::seconds(600)) {
-  std::vector<std::thread> threads;
-  std::atomic<int> done{0};
-  std::mutex m;
-  std::condition_variable cv;
-  for (int t = 0; t < kThreads; ++t)
-    threads.emplace_back([&, t] {
-      body(t);
-      std::lock_guard<std::mutex> lock(m);
-      ++done;
-      cv.notify_all();
-    });
-  {
-    std::unique_lock<std::mutex> lock(m);
-    if (!cv.wait_for(lock, limit, [&] { return done.load() == kThreads; })) {
-      std::fprintf(stderr, "test_concurrency: %d of %d threads still running after %llds: deadlock\n",
-                   kThreads - done.load(), kThreads, (long long)limit.count());
-      std::abort();
-    }
-  }
-  for (auto& th : threads) th.join();
+  bt::run_threads(kThreads, body, limit, "test_concurrency");
 }
 
-// A reusable barrier for kThreads threads (C++17 has none).
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const uint64_t gen = gen_;
-    if (++arrived_ == n_) {
-      arrived_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return;
-    }
-    cv_.wait(lock, [&] { return gen_ != gen; });
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, arrived_ = 0;
-  uint64_t gen_ = 0;
-};
+using bt::Barrier;
 
 // Collects failures from any thread.
 class Failures {

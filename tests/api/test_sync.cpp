@@ -17,10 +17,10 @@
 #include <memory>
 #include <mutex>
 #include <numeric>
-#include <thread>
 
 #include "harness.h"
 #include "ops.h"
+#include "threads.h"
 
 #if BT_HAVE_NCCL
 #include <nccl.h>
@@ -31,28 +31,7 @@ namespace {
 using bt::Case;
 using bt::DeviceBuffer;
 
-// A reusable barrier for the rank threads.
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const unsigned gen = gen_;
-    if (++arrived_ == n_) {
-      arrived_ = 0;
-      ++gen_;
-      cv_.notify_all();
-    } else {
-      cv_.wait(lock, [&] { return gen != gen_; });
-    }
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, arrived_ = 0;
-  unsigned gen_ = 0;
-};
+using bt::Barrier;
 
 // The host-staged exchange of a job of `nranks` ranks.
 class Exchange {
@@ -270,10 +249,8 @@ std::vector<RankResult> run_job(const Job& j, const Inputs& in, const Options& o
   const int n = int(j.ns.size());
   Exchange ex(n);
   std::vector<RankResult> out(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] { out[size_t(r)] = run_rank(j, in, opt, r, ex); });
-  for (std::thread& t : threads) t.join();
+  bt::run_threads(n, [&](int r) { out[size_t(r)] = run_rank(j, in, opt, r, ex); },
+                  std::chrono::seconds(600), "test_sync");
   return out;
 }
 
@@ -360,6 +337,23 @@ std::vector<Job> jobs() {
   return out;
 }
 
+void expect_same_results(const std::vector<RankResult>& a, const std::vector<RankResult>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t r = 0; r < a.size(); ++r) {
+    SCOPED_TRACE(::testing::Message() << "rank " << r);
+    ASSERT_EQ(a[r].forward, BNORM_STATUS_SUCCESS) << a[r].message;
+    ASSERT_EQ(b[r].forward, BNORM_STATUS_SUCCESS) << b[r].message;
+    EXPECT_TRUE(same_bits(a[r].y, b[r].y));
+    EXPECT_TRUE(same_bits(a[r].dx, b[r].dx));
+    EXPECT_TRUE(same_bits(a[r].saved_mean, b[r].saved_mean));
+    EXPECT_TRUE(same_bits(a[r].saved_rstd, b[r].saved_rstd));
+    EXPECT_TRUE(same_bits(a[r].running_mean, b[r].running_mean));
+    EXPECT_TRUE(same_bits(a[r].running_var, b[r].running_var));
+    EXPECT_TRUE(same_bits(a[r].dgamma, b[r].dgamma));
+    EXPECT_TRUE(same_bits(a[r].dbeta, b[r].dbeta));
+  }
+}
+
 class Sync : public ::testing::TestWithParam<Job> {};
 
 TEST_P(Sync, MatchesTheReferenceOnTheConcatenatedBatch) {
@@ -382,9 +376,10 @@ TEST_P(Sync, MatchesTheReferenceOnTheConcatenatedBatch) {
   ASSERT_EQ(local.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   for (int r = 0; r < int(j.ns.size()); ++r) {
     SCOPED_TRACE(::testing::Message() << "rank " << r << " against one device");
-    if (j.ns[size_t(r)] > 0)
+    if (j.ns[size_t(r)] > 0) {
       EXPECT_TRUE(bt::all_close(got[size_t(r)].y, slice(local.y, j, r),
                                 bt::output_tolerance(g.dtype), "y"));
+    }
     for (size_t ch = 0; ch < size_t(g.s.c); ++ch) {
       const double scale = std::fabs(local.saved_mean[ch]) + 1.0 / local.saved_rstd[ch];
       EXPECT_NEAR(got[size_t(r)].saved_mean[ch], local.saved_mean[ch], 2e-5 * scale) << ch;
@@ -401,16 +396,7 @@ TEST_P(Sync, BitwiseRepeatable) {
   const Job j = GetParam();
   const Inputs in = make_inputs(j, 202);
   const Options opt;
-  const std::vector<RankResult> a = run_job(j, in, opt), b = run_job(j, in, opt);
-  for (size_t r = 0; r < a.size(); ++r) {
-    SCOPED_TRACE(::testing::Message() << "rank " << r);
-    EXPECT_TRUE(same_bits(a[r].y, b[r].y));
-    EXPECT_TRUE(same_bits(a[r].dx, b[r].dx));
-    EXPECT_TRUE(same_bits(a[r].saved_mean, b[r].saved_mean));
-    EXPECT_TRUE(same_bits(a[r].saved_rstd, b[r].saved_rstd));
-    EXPECT_TRUE(same_bits(a[r].dgamma, b[r].dgamma));
-    EXPECT_TRUE(same_bits(a[r].dbeta, b[r].dbeta));
-  }
+  expect_same_results(run_job(j, in, opt), run_job(j, in, opt));
 }
 
 INSTANTIATE_TEST_SUITE_P(Jobs, Sync, ::testing::ValuesIn(jobs()), JobName());
@@ -631,29 +617,11 @@ std::vector<RankResult> run_job_nccl(const Job& j, const Inputs& in, const Optio
   EXPECT_EQ(ncclGetUniqueId(&id), ncclSuccess);
   const int n = int(j.ns.size());
   std::vector<RankResult> out(static_cast<size_t>(n));
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] { out[size_t(r)] = run_rank_nccl(j, in, opt, r, id, capture); });
-  for (std::thread& t : threads) t.join();
+  bt::run_threads(n, [&](int r) { out[size_t(r)] = run_rank_nccl(j, in, opt, r, id, capture); },
+                  std::chrono::seconds(600), "test_sync");
   return out;
 }
 
-void expect_same_results(const std::vector<RankResult>& a, const std::vector<RankResult>& b) {
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t r = 0; r < a.size(); ++r) {
-    SCOPED_TRACE(::testing::Message() << "rank " << r);
-    ASSERT_EQ(a[r].forward, BNORM_STATUS_SUCCESS) << a[r].message;
-    ASSERT_EQ(b[r].forward, BNORM_STATUS_SUCCESS) << b[r].message;
-    EXPECT_TRUE(same_bits(a[r].y, b[r].y));
-    EXPECT_TRUE(same_bits(a[r].dx, b[r].dx));
-    EXPECT_TRUE(same_bits(a[r].saved_mean, b[r].saved_mean));
-    EXPECT_TRUE(same_bits(a[r].saved_rstd, b[r].saved_rstd));
-    EXPECT_TRUE(same_bits(a[r].running_mean, b[r].running_mean));
-    EXPECT_TRUE(same_bits(a[r].running_var, b[r].running_var));
-    EXPECT_TRUE(same_bits(a[r].dgamma, b[r].dgamma));
-    EXPECT_TRUE(same_bits(a[r].dbeta, b[r].dbeta));
-  }
-}
 
 // The built-in path is the split phases around NCCL's collectives: on the
 // emulated NCCL (rank-order sums) bitwise the same results; so it matches
@@ -712,18 +680,18 @@ TEST(SyncNccl, CommunicatorErrorsBecomeCommError) {
   ASSERT_EQ(ncclGetUniqueId(&id), ncclSuccess);
   std::vector<RankResult> out(2);
   std::vector<Inputs> rank_in(2, in);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < 2; ++r)
-    threads.emplace_back([&, r] {
-      Job mine = j;
-      if (r == 1) mine.s.c = 10;  // the disagreement: a larger packed block
-      const Inputs my_in = make_inputs(mine, 505);
-      Options opt;
-      opt.backward = false;
-      out[size_t(r)] = run_rank_nccl(mine, my_in, opt, r, id, false);
-      rank_in[size_t(r)] = my_in;
-    });
-  for (std::thread& t : threads) t.join();
+  bt::run_threads(
+      2,
+      [&](int r) {
+        Job mine = j;
+        if (r == 1) mine.s.c = 10;  // the disagreement: a larger packed block
+        const Inputs my_in = make_inputs(mine, 505);
+        Options opt;
+        opt.backward = false;
+        out[size_t(r)] = run_rank_nccl(mine, my_in, opt, r, id, false);
+        rank_in[size_t(r)] = my_in;
+      },
+      std::chrono::seconds(600), "test_sync");
   for (int r = 0; r < 2; ++r) {
     SCOPED_TRACE(::testing::Message() << "rank " << r);
     const RankResult& o = out[size_t(r)];

@@ -31,58 +31,19 @@
 #include <type_traits>
 #include <vector>
 
+#include "threads.h"
+
 namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Runs body(rank) on n threads; aborts the process if they have not all
-// finished within `limit` (a hang must fail, not stall CI).
+// Runs body(rank) on n threads; a hang aborts the process (threads.h).
 void run_ranks(int n, const std::function<void(int)>& body,
                std::chrono::seconds limit = std::chrono::seconds(120)) {
-  std::mutex m;
-  std::condition_variable cv;
-  int done = 0;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r)
-    threads.emplace_back([&, r] {
-      body(r);
-      std::lock_guard<std::mutex> lock(m);
-      ++done;
-      cv.notify_all();
-    });
-  {
-    std::unique_lock<std::mutex> lock(m);
-    if (!cv.wait_for(lock, limit, [&] { return done == n; })) {
-      std::fprintf(stderr, "test_nccl_emu: %d of %d ranks still running after %llds: hang\n",
-                   n - done, n, (long long)limit.count());
-      std::abort();
-    }
-  }
-  for (auto& t : threads) t.join();
+  bt::run_threads(n, body, limit, "test_nccl_emu");
 }
 
-// A reusable barrier (C++17 has none).
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const uint64_t gen = gen_;
-    if (++arrived_ == n_) {
-      arrived_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return;
-    }
-    cv_.wait(lock, [&] { return gen_ != gen; });
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, arrived_ = 0;
-  uint64_t gen_ = 0;
-};
+using bt::Barrier;
 
 // Sets an environment variable for the scope of the test.
 class ScopedEnv {

@@ -92,8 +92,15 @@ void story(const char* fmt, ...) {
 enum class Op {
   kFwdWs, kFwd, kInf, kScaleShift, kBwdWs, kBwd, kFrzWs, kFrz,
   // Added with 0.2 (chosen by a byte decoded after the first version's).
-  kFold, kMaskSize, kCreate, kCount
+  kFold, kMaskSize, kCreate,
+  // Synchronized batch norm (chosen by a 2-byte tag decoded after everything
+  // above, so older inputs decode as they did): the buffer-size and the two
+  // built-in workspace queries, the built-in NCCL calls with comm NULL, and
+  // the split phases over 1 to 3 ranks simulated in one thread.
+  kSyncSizes, kSyncFwdWs, kSyncBwdWs, kSyncFwdNccl, kSyncBwdNccl, kSyncFwd, kSyncBwd, kCount
 };
+constexpr uint16_t kSyncTag = 0x5359;  // "SY"
+bool is_sync(Op op) { return op >= Op::kSyncSizes && op < Op::kCount; }
 constexpr int kOpsV1 = 8;  // the first version's op range: decode() keeps it
 
 const char* op_name(Op op) {
@@ -109,6 +116,13 @@ const char* op_name(Op op) {
     case Op::kFold: return "bnormFoldIntoLinear";
     case Op::kMaskSize: return "bnormGetReluMaskSize";
     case Op::kCreate: return "bnormCreate";
+    case Op::kSyncSizes: return "bnormGetSyncBufferSizes";
+    case Op::kSyncFwdWs: return "bnormGetSyncForwardTrainingWorkspaceSize";
+    case Op::kSyncBwdWs: return "bnormGetSyncBackwardWorkspaceSize";
+    case Op::kSyncFwdNccl: return "bnormSyncForwardTraining";
+    case Op::kSyncBwdNccl: return "bnormSyncBackward";
+    case Op::kSyncFwd: return "bnormSyncForward{Stats,Apply}";
+    case Op::kSyncBwd: return "bnormSyncBackward{Grads,Apply}";
     default: return "?";
   }
 }
@@ -344,6 +358,16 @@ struct Scenario {
   uint64_t mask_random;
   int64_t in_features;    // bnormFoldIntoLinear (out_features is c_arg)
   size_t v1_left;         // input bytes left after the first version's fields (verbose story)
+  size_t left = 0;        // and after the 0.2 ones (where the sync tag is read)
+  // Synchronized batch norm (decoded after everything above; see Op).
+  struct SyncArgs {
+    int nranks = 1;              // ranks simulated (1 to 3)
+    int64_t n[3] = {0, 0, 0};    // each rank's n (rank 0's is desc.n)
+    int victim_rank = 0, victim_phase = 0;  // the call passed the fuzzed pointers below
+    int nranks_kind = 0, rank_kind = 0, gn_kind = 0, xbuf_kind = 0;
+    bool gamma = true, running = true, saved = true, grads = true;
+    Spec spec[16] = {};          // the victim's pointer arguments, in the order of its call
+  } sy;
 };
 
 // The model's view of the descriptor and config (none of the library's code).
@@ -360,10 +384,22 @@ struct Model {
   size_t mask_need = 0;    // bytes of the ReLU mask: 4 * ceil(numel / 32)
   size_t weight_bytes = 0; // bnormFoldIntoLinear's weight: out * in * 4
   std::set<int> violated;  // statuses of the rules broken
+  bool factor_bad = false;  // exponential average with a factor outside [0, 1]
 };
 
-bool uses_desc(Op op) { return op != Op::kScaleShift && op != Op::kFold && op != Op::kCreate; }
-bool uses_config(Op op) { return op != Op::kMaskSize && op != Op::kCreate; }
+// Known difference between bnorm.h and the library (reported, not fixed
+// here): bnormSyncForwardStats and bnormGetSyncForwardTrainingWorkspaceSize
+// reject an exponential average factor outside [0, 1], which they do not
+// use (bnorm.h: a call ignores the config fields that are not its own).
+constexpr bool kKnownStatsChecksFactor = true;
+
+bool uses_desc(Op op) {
+  return op != Op::kScaleShift && op != Op::kFold && op != Op::kCreate && op != Op::kSyncSizes;
+}
+bool uses_config(Op op) { return op != Op::kMaskSize && op != Op::kCreate && op != Op::kSyncSizes; }
+// Calls that use the exponential average factor (bnorm.h: a call ignores
+// the config fields that are not its own).
+bool uses_factor(Op op) { return op == Op::kFwd || op == Op::kSyncFwdNccl; }
 
 Model model_header(const Scenario& s) {
   Model md;
@@ -385,7 +421,7 @@ Model model_header(const Scenario& s) {
     md.config_ok = false;
   md.average = get_raw(cfg.average);
   if (md.average != 0 && md.average != 1) md.config_ok = false;
-  if (s.op == Op::kFwd && md.average == BNORM_AVERAGE_EXPONENTIAL &&
+  if (uses_factor(s.op) && md.average == BNORM_AVERAGE_EXPONENTIAL &&
       !(cfg.exponential_average_factor >= 0.0 && cfg.exponential_average_factor <= 1.0))
     md.config_ok = false;
   if (cfg.size >= path_end) {
@@ -394,6 +430,8 @@ Model model_header(const Scenario& s) {
   }
   md.eps = cfg.eps;
   md.factor = cfg.exponential_average_factor;
+  md.factor_bad = md.average == BNORM_AVERAGE_EXPONENTIAL &&
+                  !(cfg.exponential_average_factor >= 0.0 && cfg.exponential_average_factor <= 1.0);
   if (!uses_config(s.op)) {
     md.config_ok = true;
     md.epilogue = 0;
@@ -693,6 +731,36 @@ Scenario decode(FuzzedDataProvider& f) {
     for (Slot k : slots_of(s.op)) decode_spec(k, kSlots);
   }
   for (Slot k : epilogue_slots(s.op)) decode_spec(k, kSlots);
+
+  // ---- synchronized batch norm: a 2-byte tag, then its own fields ----
+  s.left = f.remaining_bytes();
+  if (f.remaining_bytes() >= 2 && f.ConsumeIntegral<uint16_t>() == kSyncTag) {
+    Scenario::SyncArgs& y = s.sy;
+    s.op = Op(int(Op::kSyncSizes) + f.ConsumeIntegralInRange<int>(0, 6));
+    y.nranks = f.ConsumeIntegralInRange<int>(1, 3);
+    for (int r = 1; r < 3; ++r) y.n[r] = f.ConsumeIntegralInRange<int64_t>(0, 5);
+    y.victim_rank = f.ConsumeIntegralInRange<int>(0, 2);
+    y.victim_phase = f.ConsumeIntegralInRange<int>(0, 1);
+    y.nranks_kind = rare(f, 8) ? f.ConsumeIntegralInRange<int>(1, 4) : 0;
+    y.rank_kind = rare(f, 8) ? f.ConsumeIntegralInRange<int>(1, 4) : 0;
+    const int g = f.ConsumeIntegralInRange<int>(0, 15);
+    y.gn_kind = g < 10 ? 0 : g < 13 ? 1 : f.ConsumeIntegralInRange<int>(2, 6);
+    y.xbuf_kind = rare(f, 6) ? f.ConsumeIntegralInRange<int>(1, 4) : 0;
+    y.gamma = !rare(f, 4);
+    y.running = !rare(f, 4);
+    y.saved = !rare(f, 4);
+    y.grads = !rare(f, 4);
+    for (Scenario::Spec& p : y.spec) {
+      const int r = f.ConsumeIntegralInRange<int>(0, 31);
+      p.kind = r < 28 ? 1 : r < 30 ? 7 : 0;
+      p.target = f.ConsumeIntegralInRange<int>(0, 15);
+      static const int units[] = {1, 2, 4, 16, 64};
+      p.delta = rare(f, 2) ? f.ConsumeIntegralInRange<int>(-8, 8) *
+                                 units[f.ConsumeIntegralInRange<int>(0, 4)]
+                           : 0;
+      p.misalign = rare(f, 24) ? 1 << f.ConsumeIntegralInRange<int>(0, 3) : 0;
+    }
+  }
   return s;
 }
 
@@ -1545,6 +1613,684 @@ void run_create(Scenario& s) {
   }
 }
 
+// ---- synchronized batch norm ----------------------------------------------------------------
+//
+// The split phases over R = 1 to 3 ranks simulated one after the other in
+// this thread, all in one exact-size arena: each rank's tensors, statistics
+// and workspace, shared gamma and beta, and the exchanged buffer. Forward:
+// bnormSyncForwardStats of every rank into its block of the gathered buffer
+// (the all-gather done in place: with R = 1 the gathered buffer is the
+// rank's own block), then bnormSyncForwardApply of every rank. Backward:
+// bnormSyncBackwardGrads of every rank into its own packed sums, the host
+// sums them in rank order into the reduced buffer (R = 1: the rank's own
+// sums are passed, the all-reduce being the identity), then
+// bnormSyncBackwardApply of every rank. One call (victim rank and phase)
+// gets the fuzzed pointers (NULL, aliased, misaligned), nranks, rank,
+// global_n and exchanged buffer; every call's status is checked against the
+// model, a failed call must change no byte and the sequence stops there;
+// after a complete sequence the outputs are checked against the reference
+// on the concatenated batch (n is outermost in both layouts, so it is the
+// ranks' tensors end to end) and the statistics, running statistics, step
+// counter, dgamma and dbeta must be bitwise the same on every rank.
+
+enum SyncSlot {
+  sX, sY, sDy, sDx, sRunMean, sRunVar, sStep, sSavedMean, sSavedRstd, sDGamma, sDBeta, sWs, sLocal,
+  kPerRank
+};
+const char* const kSyncSlotName[kPerRank] = {
+    "x", "y", "dy", "dx", "running_mean", "running_var", "step_count", "saved_mean",
+    "saved_rstd", "dgamma", "dbeta", "workspace", "local_grads"};
+constexpr int gGamma = 3 * kPerRank, gBeta = gGamma + 1, gXchg = gGamma + 2, kSyncRegions = gXchg + 1;
+
+struct SyncArg {
+  const char* name;
+  int region;        // index of its region; -1: none (the gathered block of a rank)
+  size_t bytes;      // what the rules say it spans
+  size_t align;
+  bool output, required;
+  Placement eff;     // where the call gets it
+};
+
+// Sets where every argument of one call points: its own region, or (the
+// victim) what the input says.
+void place_args(std::vector<SyncArg>& args, const Placement* reg, const Scenario::Spec* spec,
+                bool victim) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    SyncArg& g = args[i];
+    if (g.region >= 0) {
+      g.eff = reg[g.region];
+      g.eff.bytes = g.bytes;
+    }
+    if (!victim || !g.eff.present) continue;
+    const Scenario::Spec& sp = spec[i % 16];
+    if (sp.kind == 0) g.eff.present = false;
+    if (sp.kind == 7) {
+      const SyncArg& t = args[size_t(sp.target) % args.size()];
+      if (&t != &g && t.eff.present)
+        g.eff.pos = size_t(std::max<int64_t>(0, int64_t(t.eff.pos) + sp.delta));
+    }
+    g.eff.pos += size_t(sp.misalign);
+  }
+}
+
+// The rules on one call's pointers (bnorm.h): required, alignment, no
+// output overlapping another argument (in-place pairs excepted).
+void model_args(const std::vector<SyncArg>& args, const std::vector<std::pair<int, int>>& in_place,
+                std::set<int>& v) {
+  for (const SyncArg& g : args) {
+    if (g.required && !g.eff.present) v.insert(BNORM_STATUS_NULL_POINTER);
+    if (g.eff.present && g.align > 1 && g.eff.pos % g.align) v.insert(BNORM_STATUS_MISALIGNED);
+  }
+  for (size_t i = 0; i < args.size(); ++i)
+    for (size_t j = i + 1; j < args.size(); ++j) {
+      if (!args[i].output && !args[j].output) continue;
+      if (!overlaps(args[i].eff, args[j].eff)) continue;
+      bool ok = false;
+      for (auto [p, q] : in_place)
+        if (((int(i) == p && int(j) == q) || (int(i) == q && int(j) == p)) &&
+            args[i].eff.pos == args[j].eff.pos && args[i].eff.bytes == args[j].eff.bytes)
+          ok = true;
+      if (!ok) v.insert(BNORM_STATUS_BAD_ALIASING);
+    }
+}
+
+size_t sync_stats_bytes(int64_t c) {
+  size_t a = 0, b = 0;
+  if (bnormGetSyncBufferSizes(g_handle, c, &a, &b) != BNORM_STATUS_SUCCESS)
+    violation("bnormGetSyncBufferSizes failed for c = %lld", (long long)c);
+  return a;
+}
+size_t sync_grads_bytes(int64_t c) {
+  size_t a = 0, b = 0;
+  if (bnormGetSyncBufferSizes(g_handle, c, &a, &b) != BNORM_STATUS_SUCCESS)
+    violation("bnormGetSyncBufferSizes failed for c = %lld", (long long)c);
+  return b;
+}
+
+bnormHandle_t sync_handle(const Scenario& s) {
+  alignas(16) static unsigned char fake_handle[1024];
+  if (s.handle_kind == 1) return nullptr;
+  if (s.handle_kind == 2) {
+    std::memset(fake_handle, 0x6b, sizeof fake_handle);
+    return reinterpret_cast<bnormHandle_t>(fake_handle);
+  }
+  return g_handle;  // (kind 3, a fresh handle, is the shared one here)
+}
+
+int sync_nranks_arg(const Scenario& s, int real) {
+  static const int v[] = {0, 0, -1, std::numeric_limits<int>::min(), std::numeric_limits<int>::max()};
+  return s.sy.nranks_kind ? v[s.sy.nranks_kind] : real;
+}
+int sync_rank_arg(const Scenario& s, int real, int nranks_arg) {
+  switch (s.sy.rank_kind) {
+    case 1: return -1;
+    case 2: return nranks_arg;
+    case 3: return std::numeric_limits<int>::max();
+    case 4: return std::numeric_limits<int>::min();
+    default:
+      // A huge nranks with a valid rank would make the call read nranks
+      // blocks: keep that call out of the arena's range (rank out of range).
+      return nranks_arg == std::numeric_limits<int>::max() ? -1 : real;
+  }
+}
+
+// The size queries: bnormGetSyncBufferSizes and the built-in calls' two
+// workspace queries.
+void run_sync_query(Scenario& s) {
+  const Op op = s.op;
+  Model md = model_header(s);
+  if (!s.pass_ws_out) md.violated.insert(BNORM_STATUS_NULL_POINTER);
+  const bnormHandle_t h = sync_handle(s);
+  const bnormTensorDesc_t* dp = s.pass_desc ? &s.desc : nullptr;
+  const bnormConfig_t* cp = s.pass_config ? &s.config : nullptr;
+  const size_t kSentinel = 0x5eed5eed5eedull;
+  size_t out = kSentinel, out2 = kSentinel;
+  bnormStatus_t st;
+  const int nranks = sync_nranks_arg(s, s.sy.nranks);
+  if (op == Op::kSyncSizes) {
+    const bool second = s.sy.xbuf_kind != 1;  // which output is NULL when one is
+    st = bnormGetSyncBufferSizes(h, s.c_arg, s.pass_ws_out || !second ? &out : nullptr,
+                                 s.pass_ws_out || second ? &out2 : nullptr);
+  } else if (op == Op::kSyncFwdWs) {
+    if (kKnownStatsChecksFactor && md.config_ok && md.factor_bad)
+      md.violated.insert(BNORM_STATUS_INVALID_VALUE);
+    if (md.violated.empty() && nranks < 1) md.violated.insert(BNORM_STATUS_INVALID_VALUE);
+    size_t g;
+    if (md.violated.empty() &&
+        (__builtin_mul_overflow(sync_stats_bytes(md.c), size_t(nranks), &g) ||
+         g > std::numeric_limits<size_t>::max() / 2))
+      md.violated.insert(BNORM_STATUS_BAD_SHAPE);  // (the local workspace comes on top)
+    st = bnormGetSyncForwardTrainingWorkspaceSize(h, dp, cp, nranks, s.pass_ws_out ? &out : nullptr);
+  } else {
+    st = bnormGetSyncBackwardWorkspaceSize(h, dp, cp, s.pass_ws_out ? &out : nullptr);
+  }
+  story(" nranks=%d -> status %d, %zu %zu bytes", nranks, int(st), out, out2);
+  ++g_stats.calls[int(op)];
+  if (st == BNORM_STATUS_SUCCESS) ++g_stats.ok[int(op)], ++g_stats.computed[int(op)];
+  expect_message(op, st);
+  expect_status(op, st, md);
+  if (st != BNORM_STATUS_SUCCESS) {
+    if (out != kSentinel || out2 != kSentinel) violation("a failed %s wrote its output", op_name(op));
+    return;
+  }
+  if (op == Op::kSyncSizes) {
+    // bnorm.h: multiples of 16; count, pivot, mean, M2 (fp32) per rank; fp64
+    // count and two sums per channel.
+    if (out % 16 || out2 % 16) violation("buffer sizes %zu, %zu are not multiples of 16", out, out2);
+    if (out < 12 * size_t(md.c) + 8 || out2 < 16 * size_t(md.c) + 8)
+      violation("buffer sizes %zu, %zu too small for c = %lld", out, out2, (long long)md.c);
+    return;
+  }
+  // The built-in calls' workspace holds the exchanged buffers besides the
+  // local workspace.
+  size_t local = 0;
+  const bool fwd = op == Op::kSyncFwdWs;
+  const bnormStatus_t ls = fwd ? bnormGetForwardTrainingWorkspaceSize(g_handle, dp, cp, &local)
+                               : bnormGetBackwardWorkspaceSize(g_handle, dp, cp, &local);
+  const size_t xchg = fwd ? sync_stats_bytes(md.c) * size_t(nranks) : sync_grads_bytes(md.c);
+  if (ls == BNORM_STATUS_SUCCESS && out < xchg)
+    violation("%s: %zu bytes, less than the %zu exchanged", op_name(op), out, xchg);
+  size_t again = 0;
+  const bnormStatus_t st2 = fwd ? bnormGetSyncForwardTrainingWorkspaceSize(h, dp, cp, nranks, &again)
+                                : bnormGetSyncBackwardWorkspaceSize(h, dp, cp, &again);
+  if (st2 != BNORM_STATUS_SUCCESS || again != out) violation("%s is not repeatable", op_name(op));
+}
+
+// The built-in NCCL calls with comm NULL: NULL_POINTER, nothing written.
+void run_sync_nccl_null(Scenario& s) {
+  const Op op = s.op;
+  std::vector<uint8_t> shadow;
+  const size_t total = 4096;
+  void* raw = nullptr;
+  if (cudaMalloc(&raw, total) != cudaSuccess) violation("cudaMalloc failed");
+  uint8_t* b = static_cast<uint8_t*>(raw);
+  for (size_t i = 0; i < total; ++i) b[i] = uint8_t(i * 77 + 3);
+  shadow.assign(b, b + total);
+  float* f = reinterpret_cast<float*>(b);
+  const bnormHandle_t h = sync_handle(s);
+  const bnormTensorDesc_t* dp = s.pass_desc ? &s.desc : nullptr;
+  const bnormConfig_t* cp = s.pass_config ? &s.config : nullptr;
+  bnormStatus_t st;
+  if (op == Op::kSyncFwdNccl)
+    st = bnormSyncForwardTraining(h, g_stream, nullptr, dp, cp, -1, b, b + 1024, f + 512, f + 520,
+                                  f + 528, f + 536, reinterpret_cast<int64_t*>(b + 2304), f + 600,
+                                  f + 608, b + 3072, 1024);
+  else
+    st = bnormSyncBackward(h, g_stream, nullptr, dp, cp, b, b + 512, b + 1024, f + 512, f + 520,
+                           f + 528, f + 536, f + 544, b + 3072, 1024);
+  if (cudaDeviceSynchronize() != cudaSuccess) violation("cudaDeviceSynchronize failed");
+  story(" comm=NULL -> status %d", int(st));
+  ++g_stats.calls[int(op)];
+  expect_message(op, st);
+  if (st != BNORM_STATUS_NULL_POINTER) violation("%s with comm NULL returned %d", op_name(op), int(st));
+  for (size_t i = 0; i < total; ++i)
+    if (b[i] != shadow[i]) violation("%s with comm NULL changed byte %zu", op_name(op), i);
+  cudaFree(raw);
+}
+
+void run_sync_phases(Scenario& s) {
+  const Op op = s.op;
+  const bool fwd = op == Op::kSyncFwd;
+  Scenario::SyncArgs& sy = s.sy;
+  // The epilogue is not driven here: NONE, or an invalid value (the config rule).
+  if (get_raw(s.config.epilogue) >= 1 && get_raw(s.config.epilogue) <= 2)
+    set_raw(s.config.epilogue, BNORM_EPILOGUE_NONE);
+  Model md = model_header(s);
+  const bool header_ok = md.violated.empty();
+  const bnormHandle_t h = sync_handle(s);
+  const bnormConfig_t* cp = s.pass_config ? &s.config : nullptr;
+  // Ranks: real shapes only when rank 0's is real and small; else one call.
+  int R = sy.nranks;
+  int64_t n[3] = {s.desc.n, sy.n[1], sy.n[2]};
+  // (c too: the fill below loops over the channels.)
+  const bool real = header_ok && md.bytes <= kBudget && md.numel <= kMaxRealElems && md.c <= 4096;
+  if (!real) R = 1;
+  for (int r = 1; r < R; ++r)
+    while (n[r] > 0 && n[r] * md.c * md.spatial > kMaxRealElems / 2) n[r] /= 2;
+  int64_t N = 0;
+  for (int r = 0; r < R; ++r) N += n[r];
+  const int vr = header_ok ? sy.victim_rank % R : 0, vp = header_ok ? sy.victim_phase : 0;
+  bnormTensorDesc_t desc[3];
+  for (int r = 0; r < 3; ++r) desc[r] = s.desc, desc[r].n = n[r < R ? r : 0];
+  const bnormTensorDesc_t* dp[3];
+  for (int r = 0; r < 3; ++r) dp[r] = s.pass_desc ? &desc[r] : nullptr;
+  // The workspace each phase needs, by bnorm.h the local call's.
+  size_t need[3] = {0, 0, 0};
+  if (header_ok)
+    for (int r = 0; r < R; ++r) {
+      const bnormStatus_t q = fwd ? bnormGetForwardTrainingWorkspaceSize(g_handle, dp[r], cp, &need[r])
+                                  : bnormGetBackwardWorkspaceSize(g_handle, dp[r], cp, &need[r]);
+      if (q != BNORM_STATUS_SUCCESS) violation("the workspace query failed on valid arguments");
+    }
+  const size_t wsb_v = choose_workspace_bytes(s, need[vr]);
+  const size_t stats = header_ok ? sync_stats_bytes(md.c) : 0;
+  const size_t gbytes = header_ok ? sync_grads_bytes(md.c) : 0;
+  // Regions.
+  Placement reg[kSyncRegions];
+  size_t cursor = kLead;
+  auto put = [&](int k, size_t bytes, bool want) {
+    reg[k] = Placement{};
+    reg[k].bytes = bytes;
+    if (!want || bytes > kBudget) return;
+    reg[k].pos = (cursor + 255) / 256 * 256;
+    cursor = reg[k].pos + bytes;
+    reg[k].present = true;
+  };
+  const bool cumulative = md.average == BNORM_AVERAGE_CUMULATIVE;
+  for (int r = 0; r < R; ++r) {
+    const size_t tb = size_t(n[r]) * size_t(md.c) * size_t(md.spatial) * md.elem;
+    const int b = r * kPerRank;
+    put(b + sX, tb, true);
+    put(b + sY, tb, fwd);
+    put(b + sDy, tb, !fwd);
+    put(b + sDx, tb, !fwd);
+    put(b + sRunMean, md.cbytes, fwd && sy.running);
+    put(b + sRunVar, md.cbytes, fwd && sy.running);
+    put(b + sStep, 8, fwd && sy.running && cumulative);
+    put(b + sSavedMean, md.cbytes, !fwd || sy.saved);
+    put(b + sSavedRstd, md.cbytes, !fwd || sy.saved);
+    put(b + sDGamma, md.cbytes, !fwd && sy.grads);
+    put(b + sDBeta, md.cbytes, !fwd && sy.grads);
+    put(b + sWs, std::max(need[r], r == vr ? std::min(wsb_v, size_t(4096) + need[r]) : 0), true);
+    put(b + sLocal, gbytes, !fwd);
+  }
+  put(gGamma, md.cbytes, sy.gamma);
+  put(gBeta, md.cbytes, sy.gamma);
+  put(gXchg, fwd ? stats * size_t(R) : gbytes, true);
+  const size_t total_alloc = cursor + kTail + 256;
+  void* raw = nullptr;
+  if (cudaMalloc(&raw, total_alloc) != cudaSuccess) violation("cudaMalloc failed");
+  uint8_t* base = static_cast<uint8_t*>(raw) + (256 - reinterpret_cast<uintptr_t>(raw) % 256) % 256;
+  const size_t total = total_alloc - size_t(base - static_cast<uint8_t*>(raw));
+
+  // Data: every rank's slice of one batch (per-channel mean and spread
+  // shared), the same running statistics and step counter on every rank.
+  for (size_t i = 0; i < total; ++i) base[i] = uint8_t(i * 131 + 7);
+  std::mt19937_64 rng(s.data_seed);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto at = [&](int k) { return base + reg[k].pos; };
+  auto put_f = [&](int k, int64_t i, float v) { std::memcpy(at(k) + 4 * i, &v, 4); };
+  auto get_f = [&](const uint8_t* b, int k, int64_t i) {
+    float v;
+    std::memcpy(&v, b + reg[k].pos + 4 * i, 4);
+    return v;
+  };
+  const int layout = get_raw(s.desc.layout);
+  auto off = [&](int64_t nr, int64_t ch, int64_t j) {
+    const int64_t i = j / md.spatial, sp = j % md.spatial;
+    return layout == BNORM_LAYOUT_NHWC ? (i * md.spatial + sp) * md.c + ch
+                                       : (i * md.c + ch) * md.spatial + sp;
+    (void)nr;
+  };
+  static const double specials[] = {kNaN, kInf, -kInf, 1e-40, 0.0, 65504.0, 1e30};
+  if (real) {
+    for (int t = 0; t < 2; ++t) {  // x, then dy
+      if (t == 1 && fwd) break;
+      const double mlo = t ? -0.5 : -3.0, mhi = t ? 0.5 : 3.0, slo = 0.5, shi = t ? 1.5 : 2.0;
+      for (int64_t ch = 0; ch < md.c; ++ch) {
+        const double mean = mlo + (mhi - mlo) * u(rng), sd = slo + (shi - slo) * u(rng);
+        for (int r = 0; r < R; ++r) {
+          const int k = r * kPerRank + (t ? sDy : sX);
+          if (!reg[k].present) continue;
+          for (int64_t j = 0; j < n[r] * md.spatial; ++j)
+            store(at(k) + off(n[r], ch, j) * md.elem, md.dtype, mean + sd * nd(rng));
+        }
+      }
+    }
+    for (int i = 0; i < s.special; ++i) {
+      const int r = int(rng() % unsigned(R));
+      const int k = r * kPerRank + (fwd || rng() % 2 ? sX : sDy);
+      const size_t cnt = size_t(n[r] * md.c * md.spatial);
+      if (reg[k].present && cnt)
+        store(at(k) + (rng() % cnt) * md.elem, md.dtype, specials[rng() % 7]);
+    }
+    for (int64_t i = 0; i < md.c && reg[gGamma].present; ++i) {
+      put_f(gGamma, i, float((0.5 + u(rng)) * (i % 3 ? 1 : -1)));
+      put_f(gBeta, i, float(-1.0 + 2.0 * u(rng)));
+    }
+    for (int64_t i = 0; i < md.c; ++i) {
+      const float rm = float(-1.0 + 2.0 * u(rng)), rv = float(0.5 + 1.5 * u(rng));
+      for (int r = 0; r < R; ++r) {
+        const int b = r * kPerRank;
+        if (reg[b + sRunMean].present) put_f(b + sRunMean, i, rm), put_f(b + sRunVar, i, rv);
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      if (reg[r * kPerRank + sStep].present) std::memcpy(at(r * kPerRank + sStep), &s.step0, 8);
+    if (!fwd) {  // the saved statistics: of the global batch (or arbitrary)
+      std::vector<double> x, mean(size_t(md.c)), rstd(size_t(md.c));
+      for (int r = 0; r < R; ++r)
+        for (int64_t i = 0; i < n[r] * md.c * md.spatial; ++i)
+          x.push_back(load(at(r * kPerRank + sX) + i * md.elem, md.dtype));
+      const bnref_shape sh{layout == BNORM_LAYOUT_NHWC ? BNREF_NHWC : BNREF_NCHW, N, md.c, md.spatial};
+      if (N * md.spatial > 0) bnref_batch_stats(&sh, x.data(), md.eps, mean.data(), nullptr, rstd.data());
+      for (int64_t i = 0; i < md.c; ++i) {
+        float mv = float(mean[size_t(i)]), rv = float(rstd[size_t(i)]);
+        if (!s.consistent_saved || N * md.spatial == 0)
+          mv = float(-3.0 + 6.0 * u(rng)), rv = float(0.3 + 1.7 * u(rng));
+        for (int r = 0; r < R; ++r)
+          put_f(r * kPerRank + sSavedMean, i, mv), put_f(r * kPerRank + sSavedRstd, i, rv);
+      }
+    }
+    // Outputs poisoned.
+    for (int r = 0; r < R; ++r)
+      for (int k : {sY, sDx, sDGamma, sDBeta, fwd ? sSavedMean : sY, fwd ? sSavedRstd : sY}) {
+        const int q = r * kPerRank + k;
+        if (reg[q].present) std::memset(at(q), 0xff, reg[q].bytes);
+      }
+  }
+  const std::vector<uint8_t> start(base, base + total);
+
+  // One call: its arguments, the model, the call, the checks. False: the
+  // sequence stops (the call failed, as it had to).
+  bool perturbed = false;
+  auto one = [&](int phase, int r) -> bool {
+    const bool victim = r == vr && phase == vp;
+    const int b = r * kPerRank;
+    const Op cop = op;  // for the message: the phase's own name below
+    const char* name = fwd ? (phase ? "bnormSyncForwardApply" : "bnormSyncForwardStats")
+                           : (phase ? "bnormSyncBackwardApply" : "bnormSyncBackwardGrads");
+    const size_t tb = size_t(n[r]) * size_t(md.c) * size_t(md.spatial) * md.elem;
+    const size_t wsb = victim ? wsb_v : need[r];
+    std::vector<SyncArg> args;
+    auto arg = [&](const char* nm, int region, size_t bytes, size_t al, bool out, bool req) {
+      args.push_back(SyncArg{nm, region, bytes, al, out, req, Placement{}});
+      return int(args.size() - 1);
+    };
+    const bool has_data = tb > 0;
+    std::set<int> v = md.violated;
+    std::vector<std::pair<int, int>> in_place;
+    const int nranks_arg = victim ? sync_nranks_arg(s, R) : R;
+    const int rank_arg = victim ? sync_rank_arg(s, r, nranks_arg) : r;
+    int64_t global_n = sy.gn_kind == 1 ? -1 : N;
+    if (victim) {
+      switch (sy.gn_kind) {
+        case 2: global_n = -2; break;
+        case 3: global_n = std::numeric_limits<int64_t>::min(); break;
+        case 4: global_n = n[r] > 0 ? n[r] - 1 : -2; break;
+        case 5: global_n = std::numeric_limits<int64_t>::max(); break;
+        case 6: global_n = int64_t(1) << 62; break;
+        default: break;
+      }
+    }
+    int ix = -1, iy = -1, idy = -1, idx = -1, iws = -1, ixb = -1;
+    Placement xb{};  // the exchanged buffer the call gets
+    if (fwd && phase == 0) {
+      ix = arg("x", b + sX, tb, md.elem, false, has_data);
+      ixb = arg("local_stats", -1, stats, 16, true, true);
+      args[size_t(ixb)].eff = reg[gXchg];
+      args[size_t(ixb)].eff.pos += size_t(r) * stats;
+      args[size_t(ixb)].eff.bytes = stats;
+      iws = arg("workspace", b + sWs, std::min(wsb, need[r]), 16, true, need[r] > 0);
+    } else if (fwd) {
+      size_t gb = 0;
+      const bool ovf = nranks_arg >= 1 && header_ok && __builtin_mul_overflow(stats, size_t(nranks_arg), &gb);
+      ixb = arg("gathered_stats", -1, ovf ? 0 : gb, 16, false, true);
+      args[size_t(ixb)].eff = reg[gXchg];
+      args[size_t(ixb)].eff.bytes = ovf ? 0 : gb;
+      ix = arg("x", b + sX, tb, md.elem, false, has_data);
+      iy = arg("y", b + sY, tb, md.elem, true, has_data);
+      arg("gamma", gGamma, md.cbytes, 4, false, false);
+      arg("beta", gBeta, md.cbytes, 4, false, false);
+      arg("running_mean", b + sRunMean, md.cbytes, 4, true, false);
+      arg("running_var", b + sRunVar, md.cbytes, 4, true, false);
+      arg("step_count", b + sStep, 8, 8, true, false);
+      arg("saved_mean", b + sSavedMean, md.cbytes, 4, true, false);
+      arg("saved_rstd", b + sSavedRstd, md.cbytes, 4, true, false);
+      iws = arg("workspace", b + sWs, std::min(wsb, need[r]), 16, true, need[r] > 0);
+      in_place.push_back({iy, ix});
+      if (header_ok && ovf) v.insert(BNORM_STATUS_BAD_SHAPE);
+    } else if (phase == 0) {
+      ix = arg("x", b + sX, tb, md.elem, false, has_data);
+      idy = arg("dy", b + sDy, tb, md.elem, false, has_data);
+      arg("saved_mean", b + sSavedMean, md.cbytes, 4, false, true);
+      ixb = arg("local_grads", b + sLocal, gbytes, 16, true, true);
+      iws = arg("workspace", b + sWs, std::min(wsb, need[r]), 16, true, need[r] > 0);
+    } else {
+      ixb = arg("reduced_grads", R == 1 ? b + sLocal : gXchg, gbytes, 16, false, true);
+      ix = arg("x", b + sX, tb, md.elem, false, has_data);
+      idy = arg("dy", b + sDy, tb, md.elem, false, has_data);
+      idx = arg("dx", b + sDx, tb, md.elem, true, has_data);
+      arg("gamma", gGamma, md.cbytes, 4, false, false);
+      arg("saved_mean", b + sSavedMean, md.cbytes, 4, false, true);
+      arg("saved_rstd", b + sSavedRstd, md.cbytes, 4, false, true);
+      arg("dgamma", b + sDGamma, md.cbytes, 4, true, false);
+      arg("dbeta", b + sDBeta, md.cbytes, 4, true, false);
+      iws = arg("workspace", b + sWs, std::min(wsb, need[r]), 16, true, need[r] > 0);
+      in_place.push_back({idx, idy});
+      in_place.push_back({idx, ix});
+    }
+    place_args(args, reg, sy.spec, victim);
+    if (victim && sy.xbuf_kind && args[size_t(ixb)].eff.present) {
+      Placement& p = args[size_t(ixb)].eff;
+      if (sy.xbuf_kind == 1) p.present = false;
+      else p.pos += sy.xbuf_kind == 2 ? 8 : sy.xbuf_kind == 3 ? 4 : 1;
+    }
+    xb = args[size_t(ixb)].eff;
+    // An argument moved off its own region (aliased in place, or onto
+    // another input) or made NULL makes a call whose outputs the oracle below does not
+    // predict: the sequence is then checked for status and bytes only.
+    for (const SyncArg& g : args)
+      if (g.region >= 0 && (g.eff.present != reg[g.region].present ||
+                            (g.eff.present && g.eff.pos != reg[g.region].pos)))
+        perturbed = true;
+    auto find = [&](const char* nm) -> const SyncArg* {
+      for (const SyncArg& g : args)
+        if (!std::strcmp(g.name, nm)) return &g;
+      return nullptr;
+    };
+    const bool cumul = md.average == BNORM_AVERAGE_CUMULATIVE;
+    if (header_ok) {
+      // bnorm.h's rules for this phase (the local call's, plus its own).
+      if (fwd && phase == 1) {
+        if (nranks_arg < 1 || rank_arg < 0 || rank_arg >= nranks_arg) v.insert(BNORM_STATUS_INVALID_VALUE);
+        if (md.factor_bad) v.insert(BNORM_STATUS_INVALID_VALUE);
+        const SyncArg *rm = find("running_mean"), *rv = find("running_var"), *st = find("step_count"),
+                      *sm = find("saved_mean"), *sr = find("saved_rstd");
+        if (rm->eff.present != rv->eff.present || sm->eff.present != sr->eff.present)
+          v.insert(BNORM_STATUS_NULL_POINTER);
+        const bool tracking = rm->eff.present || rv->eff.present;
+        if (tracking && cumul && !st->eff.present) v.insert(BNORM_STATUS_NULL_POINTER);
+        if (!(tracking && cumul))  // ignored: no rule, no region
+          for (SyncArg& g : args)
+            if (&g == st) g.eff.present = false, g.align = 1;
+        if (global_n < -1) v.insert(BNORM_STATUS_INVALID_VALUE);
+        else if (global_n != -1) {
+          int64_t m;
+          if (global_n < n[r] || __builtin_mul_overflow(global_n, md.spatial, &m))
+            v.insert(BNORM_STATUS_BAD_SHAPE);
+          else if (m == 1) v.insert(BNORM_STATUS_BATCH_TOO_SMALL);
+        }
+      }
+      if (fwd && phase == 0 && kKnownStatsChecksFactor && md.factor_bad)
+        v.insert(BNORM_STATUS_INVALID_VALUE);
+      if (!fwd && phase == 1) {
+        const SyncArg *dg = find("dgamma"), *db = find("dbeta");
+        if (dg->eff.present != db->eff.present) v.insert(BNORM_STATUS_NULL_POINTER);
+      }
+      model_args(args, in_place, v);
+      if (wsb < need[r]) v.insert(BNORM_STATUS_WORKSPACE_TOO_SMALL);
+    }
+    // The call.
+    std::vector<uint8_t> before(base, base + total);
+    auto P = [&](const char* nm) -> void* {
+      const SyncArg* g = find(nm);
+      return g && g->eff.present ? base + g->eff.pos : nullptr;
+    };
+    auto F = [&](const char* nm) { return static_cast<float*>(P(nm)); };
+    void* xbp = xb.present ? base + xb.pos : nullptr;
+    if (s.random_schedule) bnormEmuSetRandomSchedule(1, s.schedule_seed + unsigned(r));
+    bnormStatus_t st;
+    if (fwd && phase == 0)
+      st = bnormSyncForwardStats(h, g_stream, dp[r], cp, P("x"), xbp, P("workspace"), wsb);
+    else if (fwd)
+      st = bnormSyncForwardApply(h, g_stream, dp[r], cp, nranks_arg, rank_arg, global_n, xbp, P("x"),
+                                 P("y"), F("gamma"), F("beta"), F("running_mean"), F("running_var"),
+                                 static_cast<int64_t*>(P("step_count")), F("saved_mean"),
+                                 F("saved_rstd"), P("workspace"), wsb);
+    else if (phase == 0)
+      st = bnormSyncBackwardGrads(h, g_stream, dp[r], cp, P("x"), P("dy"), F("saved_mean"), xbp,
+                                  P("workspace"), wsb);
+    else
+      st = bnormSyncBackwardApply(h, g_stream, dp[r], cp, xbp, P("x"), P("dy"), P("dx"), F("gamma"),
+                                  F("saved_mean"), F("saved_rstd"), F("dgamma"), F("dbeta"),
+                                  P("workspace"), wsb);
+    if (cudaDeviceSynchronize() != cudaSuccess) violation("cudaDeviceSynchronize failed");
+    if (s.random_schedule) bnormEmuSetRandomSchedule(0, 0);
+    story(" | %s rank %d%s (nranks %d rank %d global_n %lld n %lld ws %zu/%zu)", name, r,
+          victim ? " [fuzzed]" : "", nranks_arg, rank_arg, (long long)global_n, (long long)n[r], wsb,
+          need[r]);
+    for (const SyncArg& g : args)
+      if (victim) story(" %s=%s", g.name, g.eff.present ? std::to_string(g.eff.pos).c_str() : "NULL");
+    story(" -> %d", int(st));
+    (void)cop;
+    // The message names the phase; the status is one the rules allow.
+    const char* msg = bnormGetLastErrorMessage();
+    if (st == BNORM_STATUS_SUCCESS ? msg[0] != '\0'
+                                   : std::strncmp(msg, name, std::strlen(name)) != 0 ||
+                                         std::strncmp(msg + std::strlen(name), ": ", 2) != 0)
+      violation("%s returned %d with the message \"%s\"", name, int(st), msg);
+    if (v.empty() ? st != BNORM_STATUS_SUCCESS : (st == BNORM_STATUS_SUCCESS || !v.count(int(st)))) {
+      std::string set;
+      for (int x : v) set += std::to_string(x) + " ";
+      violation("%s returned %d; the arguments break rules with statuses { %s}", name, int(st),
+                set.c_str());
+    }
+    // Bytes it may change: its outputs (the workspace up to what it needs).
+    std::vector<uint8_t> may(total, 0);
+    const int64_t gm = N * md.spatial;
+    if (st == BNORM_STATUS_SUCCESS)
+      for (const SyncArg& g : args) {
+        if (!g.output || !g.eff.present) continue;
+        if (fwd && phase == 1 && gm < 2 &&
+            (!std::strcmp(g.name, "running_mean") || !std::strcmp(g.name, "running_var") ||
+             !std::strcmp(g.name, "step_count")))
+          continue;  // fewer than two values in all: untouched
+        if (fwd && phase == 1 && gm == 0 && std::strcmp(g.name, "workspace")) continue;
+        std::fill(may.begin() + long(g.eff.pos), may.begin() + long(std::min(total, g.eff.pos + g.bytes)), 1);
+      }
+    const uint8_t* after = base;
+    for (size_t i = 0; i < total; ++i)
+      if (!may[i] && before[i] != after[i])
+        violation("%s rank %d (status %d) changed byte %zu of the arena: 0x%02x -> 0x%02x", name, r,
+                  int(st), i, before[i], after[i]);
+    if (st != BNORM_STATUS_SUCCESS) return false;
+    (void)iws; (void)iy; (void)idx; (void)idy; (void)ix;
+    return true;
+  };
+
+  ++g_stats.calls[int(op)];
+  bool ok = true;
+  for (int r = 0; r < R && ok; ++r) ok = one(0, r);
+  if (ok && !fwd && R > 1) {  // the all-reduce: fp64 sums in rank order
+    const size_t cnt = gbytes / 8;
+    std::vector<double> sum(cnt, 0.0);
+    for (int r = 0; r < R; ++r)
+      for (size_t i = 0; i < cnt; ++i) {
+        double d;
+        std::memcpy(&d, at(r * kPerRank + sLocal) + 8 * i, 8);
+        sum[i] += d;
+      }
+    std::memcpy(at(gXchg), sum.data(), gbytes);
+  }
+  for (int r = 0; r < R && ok; ++r) ok = one(1, r);
+  if (ok) ++g_stats.ok[int(op)];
+  if (ok && real && !perturbed && N * md.spatial > 0) {
+    ++g_stats.computed[int(op)];
+    const uint8_t* end = base;
+    // Every rank the same statistics, bitwise.
+    const std::vector<int> same = fwd ? std::vector<int>{sSavedMean, sSavedRstd, sRunMean, sRunVar, sStep}
+                                      : std::vector<int>{sDGamma, sDBeta};
+    for (int k : same)
+      for (int r = 1; r < R; ++r)
+        if (reg[k].present &&
+            std::memcmp(end + reg[r * kPerRank + k].pos, end + reg[k].pos, reg[k].bytes) != 0)
+          violation("rank %d's %s differs from rank 0's", r, kSyncSlotName[k]);
+    if (fwd && N * md.spatial == 1) {  // global_n -1: caught on the device
+      for (int r = 0; r < R; ++r)
+        for (int64_t i = 0; i < md.c && reg[r * kPerRank + sSavedRstd].present; ++i)
+          if (!std::isnan(get_f(end, r * kPerRank + sSavedRstd, i)))
+            violation("one value in all: rank %d's saved_rstd[%lld] = %g, not NaN", r, (long long)i,
+                      get_f(end, r * kPerRank + sSavedRstd, i));
+      for (int r = 0; r < R; ++r)
+        for (int64_t i = 0; i < n[r] * md.c * md.spatial; ++i)
+          if (!std::isnan(load(end + reg[r * kPerRank + sY].pos + i * md.elem, md.dtype)))
+            violation("one value in all: rank %d's y[%lld] is not NaN", r, (long long)i);
+    } else {
+      // The concatenated batch, as one local call would see it.
+      Scenario cs{};
+      cs.op = fwd ? Op::kFwd : Op::kBwd;
+      Model cm = md;
+      cm.n = N, cm.m = N * md.spatial, cm.numel = N * md.c * md.spatial;
+      cm.bytes = size_t(cm.numel) * md.elem, cm.epilogue = 0;
+      std::vector<uint8_t> cb, ca;
+      auto add = [&](Slot k, const std::vector<int>& regions) {
+        cs.place[k].present = true;
+        cs.place[k].pos = cb.size();
+        for (int q : regions) {
+          if (!reg[q].present) {
+            cs.place[k].present = false;
+            continue;
+          }
+          cb.insert(cb.end(), start.begin() + long(reg[q].pos), start.begin() + long(reg[q].pos + reg[q].bytes));
+          ca.insert(ca.end(), end + reg[q].pos, end + reg[q].pos + reg[q].bytes);
+        }
+        cs.place[k].bytes = cb.size() - cs.place[k].pos;
+        cb.resize((cb.size() + 15) / 16 * 16 + 16), ca.resize(cb.size());
+      };
+      auto ranks = [&](int k) {
+        std::vector<int> v;
+        for (int r = 0; r < R; ++r) v.push_back(r * kPerRank + k);
+        return v;
+      };
+      add(kX, ranks(sX));
+      add(kGamma, {gGamma});
+      add(kBeta, {gBeta});
+      if (fwd) {
+        add(kY, ranks(sY));
+        add(kRunMean, {sRunMean});
+        add(kRunVar, {sRunVar});
+        add(kStep, {sStep});
+        add(kSavedMean, {sSavedMean});
+        add(kSavedRstd, {sSavedRstd});
+      } else {
+        add(kDy, ranks(sDy));
+        add(kDx, ranks(sDx));
+        add(kSavedMean, {sSavedMean});
+        add(kSavedRstd, {sSavedRstd});
+        add(kDGamma, {sDGamma});
+        add(kDBeta, {sDBeta});
+      }
+      Arena a;
+      a.s = &cs;
+      a.md = &cm;
+      a.before = cb;
+      a.after = ca;
+      a.layout = layout;
+      if (fwd) check_forward(a, cm);
+      else check_backward(a, cm, false);
+    }
+  } else if (ok && real && !perturbed && !fwd) {  // no value anywhere: dgamma, dbeta zero
+    for (int r = 0; r < R; ++r)
+      for (int k : {sDGamma, sDBeta})
+        for (size_t i = 0; reg[r * kPerRank + k].present && i < md.cbytes; ++i)
+          if (base[reg[r * kPerRank + k].pos + i] != 0) violation("m == 0: rank %d's %s is not zeroed", r, kSyncSlotName[k]);
+  }
+  cudaFree(raw);
+}
+
+void run_sync(Scenario& s) {
+  story(" sync{nranks %d n %lld %lld victim %d/%d kinds %d %d %d %d}", s.sy.nranks,
+        (long long)s.sy.n[1], (long long)s.sy.n[2], s.sy.victim_rank, s.sy.victim_phase,
+        s.sy.nranks_kind, s.sy.rank_kind, s.sy.gn_kind, s.sy.xbuf_kind);
+  switch (s.op) {
+    case Op::kSyncSizes: case Op::kSyncFwdWs: case Op::kSyncBwdWs: run_sync_query(s); break;
+    case Op::kSyncFwdNccl: case Op::kSyncBwdNccl: run_sync_nccl_null(s); break;
+    default: run_sync_phases(s);
+  }
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
@@ -1568,8 +2314,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     story("{size %zu magic %08x eps %g factor %g average %d path %d epilogue %d}", s.config.size,
           s.config.magic, s.config.eps, s.config.exponential_average_factor,
           get_raw(s.config.average), get_raw(s.config.path), get_raw(s.config.epilogue));
-  story(" special=%d random_schedule=%d v1_left=%zu", s.special, int(s.random_schedule), s.v1_left);
-  if (s.op == Op::kFwdWs || s.op == Op::kBwdWs || s.op == Op::kFrzWs) {
+  story(" special=%d random_schedule=%d v1_left=%zu left=%zu", s.special, int(s.random_schedule),
+        s.v1_left, s.left);
+  if (is_sync(s.op)) {
+    run_sync(s);
+  } else if (s.op == Op::kFwdWs || s.op == Op::kBwdWs || s.op == Op::kFrzWs) {
     run_ws_query(s);
   } else if (s.op == Op::kMaskSize) {
     run_mask_size(s);

@@ -7,6 +7,10 @@
 // factor NaN, inf, negative, the fused epilogue and its residual, residual
 // gradient and ReLU mask), workspace and mask sizes, NULL, shifted,
 // misaligned and aliased pointers — over real allocations.
+// Since the sync calls: bnormGetSyncBufferSizes, the built-in calls' two
+// workspace queries, bnormSyncForwardTraining / bnormSyncBackward with comm
+// NULL, and the split phases over 1 to 3 simulated ranks (see "synchronized
+// batch norm" below; no communicator is ever made).
 // bnormGetLastErrorMessage is checked after every call; bnormGetStatusString
 // and bnormGetVersion (no pointer argument) are not driven.
 //

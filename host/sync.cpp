@@ -58,7 +58,8 @@ bnormStatus_t forward_stats(Checker& check, bnormHandle_t handle, cudaStream_t s
                             size_t workspace_bytes) {
   size_t elem = 0;
   Config cfg;
-  check.handle(handle).desc(desc, &elem).config(config, true, &cfg);
+  // The factor is the apply phase's (a call ignores config fields not its own).
+  check.handle(handle).desc(desc, &elem).config(config, false, &cfg);
   if (!check.ok()) return check.status();
   const size_t bytes = tensor_bytes(desc, elem);
   const Plan plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS);
@@ -176,8 +177,10 @@ bnormStatus_t bnormSyncForwardApply(bnormHandle_t handle, cudaStream_t stream,
                                     float* saved_rstd, void* workspace, size_t workspace_bytes) {
   BNORM_NVTX_RANGE();
   Checker check("bnormSyncForwardApply");
-  size_t gbytes = 0;
-  if (desc && desc->c >= 1 && nranks >= 1 && !gathered_bytes(desc->c, nranks, &gbytes))
+  size_t elem = 0, gbytes = 0;
+  check.handle(handle).desc(desc, &elem);
+  if (!check.ok()) return check.status();
+  if (nranks >= 1 && !gathered_bytes(desc->c, nranks, &gbytes))
     return check.fail(BNORM_STATUS_BAD_SHAPE, "nranks * stats_bytes overflows").status();
   const TrainingRequest r{desc,       config,      x,          y,          gamma,
                           beta,       running_mean, running_var, step_count, saved_mean,

@@ -33,15 +33,16 @@ size_t local_backward_bytes(const Plan& plan) {
   return k::align16(k::BackwardWorkspace(plan.t.c, plan.reduce.splits, true).total);
 }
 
-// Checks handle, descriptor and config, and plans (what the sizes need).
+// Checks handle, descriptor and config (the factor only for a call that
+// uses it), and plans what the sizes need.
 bool plan_call(Checker& check, bnormHandle_t handle, const bnormTensorDesc_t* desc,
-               const bnormConfig_t* config, bool training, Plan* plan) {
+               const bnormConfig_t* config, bool check_factor, Pass pass, Plan* plan) {
   size_t elem = 0;
   Config cfg;
-  check.handle(handle).desc(desc, &elem).config(config, training, &cfg);
+  check.handle(handle).desc(desc, &elem).config(config, check_factor, &cfg);
   if (!check.ok()) return false;
   // The multi-pass kernels: the collective sits between two of their passes.
-  *plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS, training ? Pass::Forward : Pass::Backward);
+  *plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS, pass);
   return true;
 }
 
@@ -86,7 +87,7 @@ bnormStatus_t bnormGetSyncForwardTrainingWorkspaceSize(bnormHandle_t handle,
   BNORM_NVTX_RANGE();
   Checker check("bnormGetSyncForwardTrainingWorkspaceSize");
   Plan plan;
-  if (!plan_call(check, handle, desc, config, true, &plan)) return check.status();
+  if (!plan_call(check, handle, desc, config, false, Pass::Forward, &plan)) return check.status();
   check.required(workspace_bytes, "workspace_bytes");
   if (check.ok() && nranks < 1)
     check.fail(BNORM_STATUS_INVALID_VALUE, "argument 'nranks' (%d) must be at least 1", nranks);
@@ -106,7 +107,7 @@ bnormStatus_t bnormGetSyncBackwardWorkspaceSize(bnormHandle_t handle,
   BNORM_NVTX_RANGE();
   Checker check("bnormGetSyncBackwardWorkspaceSize");
   Plan plan;
-  if (!plan_call(check, handle, desc, config, false, &plan)) return check.status();
+  if (!plan_call(check, handle, desc, config, false, Pass::Backward, &plan)) return check.status();
   check.required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
   *workspace_bytes = local_backward_bytes(plan) + k::sync_grads_bytes(desc->c);
@@ -132,7 +133,7 @@ bnormStatus_t bnormSyncForwardTraining(bnormHandle_t handle, cudaStream_t stream
   int nranks = 0, rank = 0;
   Plan plan;
   if (!comm_ranks(check, comm, &nranks, &rank) ||
-      !plan_call(check, handle, desc, config, true, &plan))
+      !plan_call(check, handle, desc, config, true, Pass::Forward, &plan))
     return check.status();
   const size_t local = local_forward_bytes(plan);
   const size_t stats = k::SyncStatsLayout(desc->c).total;
@@ -180,7 +181,7 @@ bnormStatus_t bnormSyncBackward(bnormHandle_t handle, cudaStream_t stream, struc
   int nranks = 0, rank = 0;
   Plan plan;
   if (!comm_ranks(check, comm, &nranks, &rank) ||
-      !plan_call(check, handle, desc, config, false, &plan))
+      !plan_call(check, handle, desc, config, false, Pass::Backward, &plan))
     return check.status();
   const size_t local = local_backward_bytes(plan);
   const size_t sums = k::sync_grads_bytes(desc->c);

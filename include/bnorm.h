@@ -432,10 +432,13 @@ BNORM_API bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t s
  * value is undefined. A caller that knows the global sample count passes it
  * as global_n (the sum of every rank's n), and global_n * spatial == 1 is
  * then BNORM_STATUS_BATCH_TOO_SMALL before anything is enqueued, on every
- * rank alike; global_n == -1 means unknown. Whatever global_n says, the
- * device checks the count it merged: with one value in all, saved_rstd and
- * y are NaN, and with fewer than two the running statistics and the step
- * counter are left untouched; with none at all nothing is written.
+ * rank alike; global_n == -1 means unknown. Any other global_n below -1 is
+ * BNORM_STATUS_INVALID_VALUE; one below this rank's desc->n, or whose
+ * product with spatial overflows, is BNORM_STATUS_BAD_SHAPE. Whatever
+ * global_n says, the device checks the count it merged: with one value in
+ * all, saved_rstd and y are NaN, and with fewer than two the running
+ * statistics and the step counter are left untouched; with none at all
+ * nothing is written.
  */
 
 /* Bytes of one rank's packed forward statistics for c channels (the unit

@@ -908,3 +908,28 @@ TEST_F(SyncErrors, BackwardPhasesRejectBadBuffers) {
 }
 
 }  // namespace
+
+namespace {
+
+// The average factor is the apply phase's alone: the statistics phase and
+// the workspace queries ignore it (bnorm.h: a call ignores the config fields
+// that are not its own); the apply phase refuses one outside [0, 1].
+TEST_F(SyncErrors, OnlyTheApplyPhaseChecksTheAverageFactor) {
+  if (IsSkipped()) return;
+  bnormConfig_t bad = BNORM_CONFIG_INITIALIZER;
+  bad.exponential_average_factor = 2.0;
+  size_t bytes = 0;
+  EXPECT_EQ(bnormSyncForwardStats(h, nullptr, &d, &bad, x.get(), local.get(), ws.get(), fws),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(bnormGetSyncForwardTrainingWorkspaceSize(h, &d, &bad, 2, &bytes), BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  const auto before = snapshot();
+  expect_failure(bnormSyncForwardApply(h, nullptr, &d, &bad, 1, 0, -1, local.get(), x.get(),
+                                       y.get(), nullptr, nullptr, rm.f32(), rv.f32(), nullptr,
+                                       sm.f32(), sr.f32(), ws.get(), fws),
+                 BNORM_STATUS_INVALID_VALUE, "exponential_average_factor", before);
+}
+
+}  // namespace

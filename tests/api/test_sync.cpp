@@ -118,6 +118,16 @@ Inputs make_inputs(const Job& j, uint64_t seed, double mean_lo = -3.0, double me
   return in;
 }
 
+// The whole batch as one device's forward training would take it.
+bt::TrainRequest global_request(const Inputs& in) {
+  bt::TrainRequest tr;
+  tr.x = in.x;
+  tr.p = in.p;
+  tr.running_mean = in.running_mean;
+  tr.running_var = in.running_var;
+  return tr;
+}
+
 std::vector<double> slice(const std::vector<double>& v, const Job& j, int r) {
   const auto b = v.begin() + j.offset(r);
   return std::vector<double>(b, b + j.rank_case(r).numel());
@@ -272,11 +282,7 @@ void expect_near_stats(const std::vector<float>& got, const std::vector<double>&
 void expect_job_matches_reference(const Job& j, const Inputs& in, const Options& opt,
                                   const std::vector<RankResult>& got) {
   const Case g = j.global();
-  bt::TrainRequest tr;
-  tr.x = in.x;
-  tr.p = in.p;
-  tr.running_mean = in.running_mean;
-  tr.running_var = in.running_var;
+  const bt::TrainRequest tr = global_request(in);
   const bt::RefTrain want = bt::ref_forward_training(g, opt.cfg, tr);
   const size_t c = size_t(g.s.c);
   std::vector<double> mean_scale(c), rstd_scale(c), var_scale(c);
@@ -366,11 +372,7 @@ TEST_P(Sync, MatchesTheReferenceOnTheConcatenatedBatch) {
   expect_job_matches_reference(j, in, opt, got);
   // And one device's batch norm on the concatenated batch, to rounding.
   bt::Handle h;
-  bt::TrainRequest tr;
-  tr.x = in.x;
-  tr.p = in.p;
-  tr.running_mean = in.running_mean;
-  tr.running_var = in.running_var;
+  const bt::TrainRequest tr = global_request(in);
   const Case g = j.global();
   const bt::TrainResult local = bt::forward_training(h, g, opt.cfg, tr);
   ASSERT_EQ(local.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
@@ -410,11 +412,7 @@ TEST(SyncEdges, OneRankAgreesWithTheLocalCalls) {
   const Options opt;
   const std::vector<RankResult> got = run_job(j, in, opt);
   bt::Handle h;
-  bt::TrainRequest tr;
-  tr.x = in.x;
-  tr.p = in.p;
-  tr.running_mean = in.running_mean;
-  tr.running_var = in.running_var;
+  const bt::TrainRequest tr = global_request(in);
   const Case g = j.global();
   const bt::TrainResult local = bt::forward_training(h, g, opt.cfg, tr);
   ASSERT_EQ(local.status, BNORM_STATUS_SUCCESS);

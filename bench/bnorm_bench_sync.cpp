@@ -187,8 +187,9 @@ bool check(bnormHandle_t h, cudaStream_t st, ncclComm_t comm, const bnormTensorD
   BN_OK(call(h, st, comm, d, sync, sync.sets[0], Op::Backward));
   CUDA_OK(cudaStreamSynchronize(st));
   double w = 0;
-  w = std::max(w, worst(download(sync.sets[0].y, numel), download(local.sets[0].y, numel), 1e-4, 1e-4));
-  w = std::max(w, worst(download(sync.sets[0].dx, numel), download(local.sets[0].dx, numel), 1e-4, 1e-3));
+  const Set &s = sync.sets[0], &l = local.sets[0];
+  w = std::max(w, worst(download(s.y, numel), download(l.y, numel), 1e-4, 1e-4));
+  w = std::max(w, worst(download(s.dx, numel), download(l.dx, numel), 1e-4, 1e-3));
   for (int i = 4; i < 8; ++i)
     w = std::max(w, worst(download(chan_at(sync, d.c, i), c), download(chan_at(local, d.c, i), c),
                           1e-4, 1e-4));

@@ -210,12 +210,13 @@ int main(int argc, char** argv) {
     bad |= fabs(ranks[0].rstd[ch] - rstd) > 1e-4 * rstd;
   }
   for (int r = 1; r < nranks; ++r) {
-    const int same = !memcmp(ranks[r].mean, ranks[0].mean, sizeof ranks[0].mean) &&
-                     !memcmp(ranks[r].rstd, ranks[0].rstd, sizeof ranks[0].rstd) &&
-                     !memcmp(ranks[r].running_mean, ranks[0].running_mean, sizeof ranks[0].running_mean) &&
-                     !memcmp(ranks[r].running_var, ranks[0].running_var, sizeof ranks[0].running_var) &&
-                     !memcmp(ranks[r].dgamma, ranks[0].dgamma, sizeof ranks[0].dgamma) &&
-                     !memcmp(ranks[r].dbeta, ranks[0].dbeta, sizeof ranks[0].dbeta);
+    const Rank *a = &ranks[r], *b = &ranks[0];
+    const int same = !memcmp(a->mean, b->mean, sizeof a->mean) &&
+                     !memcmp(a->rstd, b->rstd, sizeof a->rstd) &&
+                     !memcmp(a->running_mean, b->running_mean, sizeof a->running_mean) &&
+                     !memcmp(a->running_var, b->running_var, sizeof a->running_var) &&
+                     !memcmp(a->dgamma, b->dgamma, sizeof a->dgamma) &&
+                     !memcmp(a->dbeta, b->dbeta, sizeof a->dbeta);
     if (!same) printf("rank %d differs from rank 0\n", r);
     bad |= !same;
   }

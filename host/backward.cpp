@@ -154,8 +154,10 @@ bnormStatus_t bnormBackward(bnormHandle_t handle, cudaStream_t stream,
                             float* dbeta, void* workspace, size_t workspace_bytes) {
   BNORM_NVTX_RANGE();
   Checker check("bnormBackward");
-  const BackwardRequest r{desc,       config,     x,      dy,    dx,        gamma,           saved_mean,
-                          saved_rstd, dgamma,     dbeta,  workspace, workspace_bytes, nullptr, 0, nullptr, false};
+  const BackwardRequest r{desc,      config,          x,          dy,      dx,
+                          gamma,     saved_mean,      saved_rstd, dgamma,  dbeta,
+                          workspace, workspace_bytes, nullptr,    0,       nullptr,
+                          false};
   return run_backward(check, handle, stream, r, false);
 }
 
@@ -167,8 +169,10 @@ bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t stream,
                                   size_t workspace_bytes) {
   BNORM_NVTX_RANGE();
   Checker check("bnormBackwardFrozen");
-  const BackwardRequest r{desc,        config, x,     dy,        dx,              gamma,   running_mean,
-                          running_var, dgamma, dbeta, workspace, workspace_bytes, nullptr, 0, nullptr, false};
+  const BackwardRequest r{desc,      config,          x,           dy,      dx,
+                          gamma,     running_mean,    running_var, dgamma,  dbeta,
+                          workspace, workspace_bytes, nullptr,     0,       nullptr,
+                          false};
   return run_backward(check, handle, stream, r, true);
 }
 

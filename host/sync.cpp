@@ -113,7 +113,8 @@ bnormStatus_t backward_grads(Checker& check, bnormHandle_t handle, cudaStream_t 
       .aligned(local_grads, 16, "local_grads");
   // Only the mask matters here (dz is written by the apply phase).
   if (check.ok() && cfg.epilogue != BNORM_EPILOGUE_NONE && numel > 0) {
-    check.required(cfg.relu_mask, "config->relu_mask").aligned(cfg.relu_mask, 4, "config->relu_mask");
+    check.required(cfg.relu_mask, "config->relu_mask")
+        .aligned(cfg.relu_mask, 4, "config->relu_mask");
     if (check.ok() && cfg.relu_mask_bytes < k::relu_mask_bytes(numel))
       check.fail(BNORM_STATUS_WORKSPACE_TOO_SMALL,
                  "config->relu_mask_bytes (%zu) is smaller than the %zu bytes of the mask",
@@ -182,9 +183,10 @@ bnormStatus_t bnormSyncForwardApply(bnormHandle_t handle, cudaStream_t stream,
   if (!check.ok()) return check.status();
   if (nranks >= 1 && !gathered_bytes(desc->c, nranks, &gbytes))
     return check.fail(BNORM_STATUS_BAD_SHAPE, "nranks * stats_bytes overflows").status();
-  const TrainingRequest r{desc,       config,      x,          y,          gamma,
-                          beta,       running_mean, running_var, step_count, saved_mean,
-                          saved_rstd, workspace,   workspace_bytes, gathered_stats, gbytes, "gathered_stats", false};
+  const TrainingRequest r{desc,         config,      x,          y,          gamma,
+                          beta,         running_mean, running_var, step_count, saved_mean,
+                          saved_rstd,   workspace,   workspace_bytes,        gathered_stats,
+                          gbytes,       "gathered_stats",          false};
   return forward_apply(check, handle, stream, r, nranks, rank, global_n);
 }
 
@@ -208,8 +210,10 @@ bnormStatus_t bnormSyncBackwardApply(bnormHandle_t handle, cudaStream_t stream,
   BNORM_NVTX_RANGE();
   Checker check("bnormSyncBackwardApply");
   const size_t rbytes = desc && desc->c >= 1 ? k::sync_grads_bytes(desc->c) : 0;
-  const BackwardRequest r{desc,       config, x,     dy,        dx,              gamma,         saved_mean,
-                          saved_rstd, dgamma, dbeta, workspace, workspace_bytes, reduced_grads, rbytes, "reduced_grads", false};
+  const BackwardRequest r{desc,       config,          x,             dy,     dx,
+                          gamma,      saved_mean,      saved_rstd,    dgamma, dbeta,
+                          workspace,  workspace_bytes, reduced_grads, rbytes, "reduced_grads",
+                          false};
   return backward_apply(check, handle, stream, r);
 }
 

@@ -122,7 +122,8 @@ __global__ void __launch_bounds__(kSyncThreads) merge_ranks(RankMerge q, StatsPa
     for (int r = 0; r < q.nranks; ++r) {
       const double nb = double(rank_count(q, r));
       if (nb == 0.0) continue;
-      const double mub = double(rank_value(q, r, q.pivot, ch)) + double(rank_value(q, r, q.mean, ch));
+      const double mub =
+          double(rank_value(q, r, q.pivot, ch)) + double(rank_value(q, r, q.mean, ch));
       const double total = n + nb;
       const double delta = mub - mu;
       const double w = nb / total;
@@ -301,7 +302,8 @@ cudaError_t sync_backward_apply(const SyncGradApplyArgs& a, cudaStream_t stream)
     const cudaError_t e = cudaGetLastError();
     if (e != cudaSuccess || t.m() == 0) return e;
     const bool major = t.order == Order::ChannelMajor;
-    const int width = vector_width<T>(major ? t.spatial : t.c, {b.x, b.dy, b.dx, b.ep.residual_grad});
+    const int width =
+        vector_width<T>(major ? t.spatial : t.c, {b.x, b.dy, b.dx, b.ep.residual_grad});
     return dx_full_pass<T>(b, width, coeffs, stream);
   });
 }

@@ -847,7 +847,8 @@ TEST_F(SyncErrors, ForwardStatsRejectsBadBuffers) {
   expect_failure(bnormSyncForwardStats(h, nullptr, &d, nullptr, x.get(),
                                        static_cast<char*>(local.get()) + 4, ws.get(), fws),
                  BNORM_STATUS_MISALIGNED, "'local_stats'", before);
-  expect_failure(bnormSyncForwardStats(h, nullptr, &d, nullptr, nullptr, local.get(), ws.get(), fws),
+  expect_failure(bnormSyncForwardStats(h, nullptr, &d, nullptr, nullptr, local.get(), ws.get(),
+                                       fws),
                  BNORM_STATUS_NULL_POINTER, "'x'", before);
   expect_failure(bnormSyncForwardStats(h, nullptr, &d, nullptr, x.get(), local.get(), ws.get(),
                                        fws - 1),

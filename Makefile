@@ -42,12 +42,13 @@ test-asan: deps
 	$(CMAKE) --build $(ASAN_BUILD) -j $(JOBS)
 	cd $(ASAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'emu|unit'
 
-# The concurrency tests and the emulator's own tests under ThreadSanitizer
+# The concurrency tests (host threads, and the emulated NCCL's rank threads)
+# and the emulator's own tests under ThreadSanitizer
 # (the emulator tells TSan about its fiber switches), in a folder of their own;
 # only those test programs are built.
 test-tsan: deps
 	$(CMAKE) -S . -B $(TSAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNORM_TSAN=ON $(CMAKE_ARGS)
-	$(CMAKE) --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency_emu test_emulator
+	$(CMAKE) --build $(TSAN_BUILD) -j $(JOBS) --target test_concurrency_emu test_emulator test_nccl_emu
 	cd $(TSAN_BUILD) && ctest --output-on-failure -j $(JOBS) -L 'concurrency|emulator'
 
 # libFuzzer over the public API of the emulated library (built with clang,

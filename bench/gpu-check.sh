@@ -24,6 +24,12 @@
 #      step of its own, e.g. with --skip-sanitizers --skip-bench --skip-torch.
 #   5. bnorm-bench (the full suite, or --quick), CSV in
 #      bench/results/<date>-<card>.csv (<date>-<card>-quick.csv with --quick).
+#   5b. bnorm-bench-fused (BN + add + ReLU: bnorm fused, bnorm unfused, cuDNN's
+#      BN_ADD_ACTIVATION; --quick passed on), CSV beside it (-fused.csv).
+#      Skipped with --skip-bench too.
+#   5c. bnorm-bench-sync (synchronized batch norm on a one-rank NCCL
+#      communicator against the local calls), CSV beside it (-sync.csv).
+#      Skipped with --skip-bench too.
 #   6. bench/torch_bench.py on the same cases, CSV beside it (-torch.csv),
 #      with bnorm timed through the Python binding beside torch (--bnorm).
 # Logs go to ${OUT:-/tmp}/gpu-check/.
@@ -44,7 +50,7 @@ CTEST_TIMEOUT=${CTEST_TIMEOUT:-900} # seconds per test
 CTEST_JOBS=${CTEST_JOBS:-4}         # GPU tests run at once
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,28p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -370,6 +376,8 @@ SUFFIX=""
 [[ $QUICK -eq 1 ]] && SUFFIX="-quick"
 BENCH_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX.csv
 TORCH_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-torch.csv
+FUSED_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-fused.csv
+SYNC_CSV=$RESULTS/$(date +%F)-$CARD$SUFFIX-sync.csv
 run_bench() {
   local exe=$BUILD_DIR/bench/bnorm-bench
   [[ -x $exe ]] || { echo "$exe was not built (cuDNN missing?)"; return 1; }
@@ -382,6 +390,36 @@ if [[ $SKIP_BENCH -eq 1 ]]; then
 else
   step "bnorm-bench$SUFFIX" "$LOG_DIR/bench.log" run_bench
   cp -f "$LOG_DIR/bench.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX.txt" 2>/dev/null || true
+fi
+
+# ---- 5b. the fused-epilogue benchmark ----------------------------------------------------------------
+run_bench_fused() {
+  local exe=$BUILD_DIR/bench/bnorm-bench-fused
+  [[ -x $exe ]] || { echo "$exe was not built (cuDNN missing?)"; return 1; }
+  local args=(--csv "$FUSED_CSV")
+  [[ $QUICK -eq 1 ]] && args+=(--quick)
+  "$exe" "${args[@]}"
+}
+if [[ $SKIP_BENCH -eq 1 ]]; then
+  record "bnorm-bench-fused" SKIP 0 "--skip-bench"
+else
+  step "bnorm-bench-fused$SUFFIX" "$LOG_DIR/bench-fused.log" run_bench_fused
+  cp -f "$LOG_DIR/bench-fused.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX-fused.txt" 2>/dev/null || true
+fi
+
+# ---- 5c. the synchronized path's overhead --------------------------------------------------------------
+run_bench_sync() {
+  local exe=$BUILD_DIR/bench/bnorm-bench-sync
+  [[ -x $exe ]] || { echo "$exe was not built (NCCL missing?)"; return 1; }
+  local args=(--csv "$SYNC_CSV")
+  [[ $QUICK -eq 1 ]] && args+=(--reps 10)
+  "$exe" "${args[@]}"
+}
+if [[ $SKIP_BENCH -eq 1 ]]; then
+  record "bnorm-bench-sync" SKIP 0 "--skip-bench"
+else
+  step "bnorm-bench-sync$SUFFIX" "$LOG_DIR/bench-sync.log" run_bench_sync
+  cp -f "$LOG_DIR/bench-sync.log" "$RESULTS/$(date +%F)-$CARD$SUFFIX-sync.txt" 2>/dev/null || true
 fi
 
 run_torch() {
@@ -415,12 +453,25 @@ if [[ -f $LOG_DIR/bench.log ]]; then
   mism=$(grep -c 'MISMATCH\|bnorm-error' "$LOG_DIR/bench.log" || true)
   [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH or bnorm-error in bench.log"
 fi
+if [[ -f $LOG_DIR/bench-fused.log ]]; then
+  echo "-- bnorm-bench-fused:"
+  sed -n '/^geometric-mean speedups of bnorm fused/,/^$/p' "$LOG_DIR/bench-fused.log" | grep -v '^$' | head -n 4 | sed 's/^/   /'
+  mism=$(grep -c 'MISMATCH\|bnorm-error\|^FAILED' "$LOG_DIR/bench-fused.log" || true)
+  [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH, bnorm-error or FAILED in bench-fused.log"
+fi
+if [[ -f $LOG_DIR/bench-sync.log ]]; then
+  echo "-- bnorm-bench-sync (sync us / local us per case and op):"
+  grep -E '^(NCHW|NHWC) ' "$LOG_DIR/bench-sync.log" | awk '{printf "   %s %s %s %s %-9s %s\n", $1, $2, $3, $4, $5, $9}' | head -n 16
+  mism=$(grep -c 'MISMATCH' "$LOG_DIR/bench-sync.log" || true)
+  [[ $mism -gt 0 ]] && echo "   $mism line(s) with MISMATCH in bench-sync.log"
+fi
 if [[ -f $LOG_DIR/torch.log ]]; then
   echo "-- torch_bench:"
   grep -E '^(geometric|  (fwd_|bwd))' "$LOG_DIR/torch.log" | head -n 6 | sed 's/^/   /' || true
 fi
 [[ -f $BENCH_CSV ]] && echo "results: $BENCH_CSV"
 [[ -f $TORCH_CSV ]] && echo "         $TORCH_CSV"
+[[ -f $FUSED_CSV ]] && echo "         $FUSED_CSV"
 echo "logs: $LOG_DIR"
 if [[ $FAILED -ne 0 ]]; then
   echo "RESULT: FAIL"

@@ -17,6 +17,11 @@ void bnormEmuSetRandomSchedule(int enabled, unsigned long long seed);
  * the machine's hardware concurrency). */
 int bnormEmuHostThreads(void);
 
+/* Grids the emulator has run since the process started (cooperative_only
+ * != 0: only those launched cooperatively), so that a test can tell which
+ * kernels a call chose: the persistent path is one cooperative grid. */
+unsigned long long bnormEmuGridsRun(int cooperative_only);
+
 #ifdef __cplusplus
 }
 #endif

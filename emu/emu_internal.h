@@ -32,12 +32,17 @@ int worker_threads();
 // Schedule control (see emu/bnorm_emu.h).
 void set_random_schedule(bool on, uint64_t seed);
 
+// Grids run so far, all of them and the cooperative ones (bnorm_emu.h).
+uint64_t grids_run(bool cooperative_only);
+
 // Work issued to a stream (a kernel, a copy, a host function): runs now,
 // since every operation completes when issued, or, while the stream is being
 // captured, is appended to the capture's graph and runs at each launch of
 // it. Returns the error of a use that stream capture forbids (work on the
 // legacy default stream while a capture is under way), which also
 // invalidates the capture; `op` then does not run.
+// The emulated NCCL (nccl_emu.cpp) issues its collectives through it, so
+// that they are ordered and captured like kernels.
 cudaError_t submit(cudaStream_t stream, std::function<void()> op);
 
 }  // namespace emu

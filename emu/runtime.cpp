@@ -621,4 +621,8 @@ EMU_EXPORT void bnormEmuSetRandomSchedule(int enabled, unsigned long long seed) 
 
 EMU_EXPORT int bnormEmuHostThreads(void) { return emu::worker_threads(); }
 
+EMU_EXPORT unsigned long long bnormEmuGridsRun(int cooperative_only) {
+  return emu::grids_run(cooperative_only != 0);
+}
+
 }  // extern "C"

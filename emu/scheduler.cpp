@@ -279,6 +279,7 @@ class GridBarrier {
 std::atomic<bool> g_random{false};
 std::atomic<uint64_t> g_seed{0};
 std::atomic<uint64_t> g_launch_counter{0};
+std::atomic<uint64_t> g_cooperative_counter{0};
 
 uint64_t mix(uint64_t x) {  // splitmix64 finalizer
   x += 0x9e3779b97f4a7c15ull;
@@ -592,6 +593,7 @@ static void run_grid(const char* name, dim3 grid, dim3 block, size_t shared_byte
   };
 
   if (cooperative) {
+    g_cooperative_counter.fetch_add(1);
     GridBarrier barrier(blocks);
     std::vector<std::thread> os_threads;
     for (uint64_t i = 0; i < blocks; ++i) {
@@ -623,6 +625,10 @@ static void run_grid(const char* name, dim3 grid, dim3 block, size_t shared_byte
   } else {
     pool().run(job);
   }
+}
+
+uint64_t grids_run(bool cooperative_only) {
+  return (cooperative_only ? g_cooperative_counter : g_launch_counter).load();
 }
 
 void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,

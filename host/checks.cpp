@@ -106,7 +106,7 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
   if (c->size >= offsetof(bnormConfig_t, path) + sizeof(c->path)) {
     const int path = enum_value(c->path);
     if (path != BNORM_PATH_AUTO && path != BNORM_PATH_MULTI_PASS &&
-        path != BNORM_PATH_SINGLE_BLOCK)
+        path != BNORM_PATH_SINGLE_BLOCK && path != BNORM_PATH_PERSISTENT)
       return fail(BNORM_STATUS_INVALID_VALUE, "config->path (%d) is not a bnormPath_t", path);
     out->path = c->path;
   }
@@ -123,8 +123,12 @@ Checker& Checker::config(const bnormConfig_t* in, bool check_factor, Config* out
                   epilogue);
     out->epilogue = c->epilogue;
     if (epilogue != BNORM_EPILOGUE_NONE) {
-      out->residual = c->residual;
-      out->residual_grad = c->residual_grad;
+      // z and dz belong to the add: a ReLU alone ignores them, as bnorm.h
+      // says, and so does every check that follows.
+      if (epilogue == BNORM_EPILOGUE_ADD_RELU) {
+        out->residual = c->residual;
+        out->residual_grad = c->residual_grad;
+      }
       out->relu_mask = c->relu_mask;
       out->relu_mask_bytes = c->relu_mask_bytes;
     }

@@ -14,6 +14,12 @@ struct bnormContext {
   int sm_count;
   int cc_major, cc_minor;
   int max_grid_y;
+  // The persistent kernels: whether the device launches cooperatively, and
+  // how many blocks of them an SM holds (per dtype, the fewest over their
+  // vector widths and layouts; 0: unavailable).
+  bool cooperative;
+  int persist_forward_per_sm[3];
+  int persist_backward_per_sm[3];
   char name[256];
 };
 

@@ -5,9 +5,114 @@
 #include "nvtx.h"
 #include "kernels/launch.h"
 #include "plan.h"
+#include "requests.h"
 
 using namespace bnorm::host;
 namespace k = bnorm::kernels;
+
+namespace bnorm {
+namespace host {
+
+Checker& check_global_n(Checker& check, const bnormTensorDesc_t* desc, int64_t global_n) {
+  if (!check.ok() || global_n == -1) return check;
+  if (global_n < -1)
+    return check.fail(BNORM_STATUS_INVALID_VALUE,
+                      "argument 'global_n' (%lld) must be -1 (unknown) or the global sample count",
+                      (long long)global_n);
+  if (global_n < desc->n)
+    return check.fail(BNORM_STATUS_BAD_SHAPE,
+                      "argument 'global_n' (%lld) is smaller than this rank's desc->n (%lld)",
+                      (long long)global_n, (long long)desc->n);
+  int64_t m;
+  if (__builtin_mul_overflow(global_n, desc->spatial, &m))
+    return check.fail(BNORM_STATUS_BAD_SHAPE, "global_n * spatial (%lld * %lld) overflows int64",
+                      (long long)global_n, (long long)desc->spatial);
+  if (m == 1)
+    return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
+                      "global_n * spatial == 1: the variance of one value per channel is undefined");
+  return check;
+}
+
+bool check_training(Checker& check, bnormHandle_t handle, const TrainingRequest& r,
+                    const Batch& batch, k::ForwardTrainingArgs* a) {
+  size_t elem = 0;
+  Config cfg;
+  const bnormTensorDesc_t* desc = r.desc;
+  check.handle(handle).desc(desc, &elem).config(r.config, true, &cfg);
+  if (!check.ok()) return false;
+
+  const size_t bytes = tensor_bytes(desc, elem);
+  const size_t cbytes = size_t(desc->c) * sizeof(float);
+  // The synchronized phases run the multi-pass kernels: the exchange sits
+  // between the statistics and the normalize.
+  const Plan plan = make_plan(*handle, *desc, batch.sync ? BNORM_PATH_MULTI_PASS : cfg.path);
+  const size_t ws_total = forward_workspace_bytes(plan);
+  // The call writes the first ws_total bytes of the workspace, no more.
+  const size_t ws_used = r.workspace_bytes < ws_total ? r.workspace_bytes : ws_total;
+  const bool has_data = bytes > 0;
+  const bool tracking = r.running_mean || r.running_var;
+  const bool cumulative = cfg.average == BNORM_AVERAGE_CUMULATIVE;
+  if (has_data) check.required(r.x, "x").required(r.y, "y");
+  check.pair(r.running_mean, "running_mean", r.running_var, "running_var")
+      .pair(r.saved_mean, "saved_mean", r.saved_rstd, "saved_rstd");
+  if (tracking && cumulative) check.required(r.step_count, "step_count");
+  check.aligned(r.x, elem, "x").aligned(r.y, elem, "y").aligned(r.gamma, 4, "gamma")
+      .aligned(r.beta, 4, "beta").aligned(r.running_mean, 4, "running_mean")
+      .aligned(r.running_var, 4, "running_var").aligned(r.saved_mean, 4, "saved_mean")
+      .aligned(r.saved_rstd, 4, "saved_rstd");
+  if (tracking && cumulative) check.aligned(r.step_count, 8, "step_count");
+  const int64_t numel = desc->n * desc->c * desc->spatial;
+  const size_t mask_bytes = k::relu_mask_bytes(numel);
+  check.epilogue(cfg, Checker::EpilogueRole::Train, bytes, numel, elem);
+  // No output may overlap anything else (y == x excepted); the workspace and
+  // the mask are written too.
+  check.no_overlap({{r.x, bytes, "x", false},
+                    {r.y, bytes, "y", true},
+                    {r.gamma, cbytes, "gamma", false},
+                    {r.beta, cbytes, "beta", false},
+                    {r.running_mean, cbytes, "running_mean", true},
+                    {r.running_var, cbytes, "running_var", true},
+                    {tracking && cumulative ? r.step_count : nullptr, sizeof(int64_t), "step_count", true},
+                    {r.saved_mean, cbytes, "saved_mean", true},
+                    {r.saved_rstd, cbytes, "saved_rstd", true},
+                    {r.workspace, ws_used, "workspace", true},
+                    {cfg.residual, bytes, "config->residual", false},
+                    {cfg.relu_mask, mask_bytes, "config->relu_mask", true},
+                    {r.gathered, r.gathered_bytes, r.gathered_name, r.gathered_written}},
+                   {{"y", "x"}, {"y", "config->residual"}});
+  if (!check.ok()) return false;
+
+  const int64_t m = desc->n * desc->spatial;
+  if (batch.sync) {
+    check_global_n(check, desc, batch.global_n);
+  } else if (m == 1) {
+    check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
+               "n * spatial == 1: the variance of one value per channel is undefined");
+  }
+  check.workspace(r.workspace, r.workspace_bytes, ws_total);
+  if (!check.ok()) return false;
+
+  *a = k::ForwardTrainingArgs{};
+  a->t = plan.t;
+  a->plan = plan.reduce;
+  a->x = r.x;
+  a->y = r.y;
+  a->gamma = r.gamma;
+  a->beta = r.beta;
+  a->running_mean = r.running_mean;
+  a->running_var = r.running_var;
+  a->step_count = tracking && cumulative ? r.step_count : nullptr;
+  a->saved_mean = r.saved_mean;
+  a->saved_rstd = r.saved_rstd;
+  a->eps = cfg.eps;
+  a->factor = cfg.factor;
+  a->workspace = r.workspace;
+  a->ep = epilogue_args(cfg, numel);
+  return true;
+}
+
+}  // namespace host
+}  // namespace bnorm
 
 extern "C" {
 
@@ -23,7 +128,7 @@ bnormStatus_t bnormGetForwardTrainingWorkspaceSize(bnormHandle_t handle,
       .required(workspace_bytes, "workspace_bytes");
   if (!check.ok()) return check.status();
   const Plan plan = make_plan(*handle, *desc, cfg.path);
-  *workspace_bytes = k::ForwardWorkspace(desc->c, plan.reduce.splits).total;
+  *workspace_bytes = forward_workspace_bytes(plan);
   return BNORM_STATUS_SUCCESS;
 }
 
@@ -46,76 +151,15 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
                                    size_t workspace_bytes) {
   BNORM_NVTX_RANGE();
   Checker check("bnormForwardTraining");
-  size_t elem = 0;
-  Config cfg;
-  check.handle(handle).desc(desc, &elem).config(config, true, &cfg);
-  if (!check.ok()) return check.status();
-
-  const size_t bytes = tensor_bytes(desc, elem);
-  const size_t cbytes = size_t(desc->c) * sizeof(float);
-  const Plan plan = make_plan(*handle, *desc, cfg.path);
-  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
-  // The call writes the first ws.total bytes of the workspace, no more.
-  const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
-  const bool has_data = bytes > 0;
-  const bool tracking = running_mean || running_var;
-  const bool cumulative = cfg.average == BNORM_AVERAGE_CUMULATIVE;
-  if (has_data) check.required(x, "x").required(y, "y");
-  check.pair(running_mean, "running_mean", running_var, "running_var")
-      .pair(saved_mean, "saved_mean", saved_rstd, "saved_rstd");
-  if (tracking && cumulative) check.required(step_count, "step_count");
-  check.aligned(x, elem, "x").aligned(y, elem, "y").aligned(gamma, 4, "gamma")
-      .aligned(beta, 4, "beta").aligned(running_mean, 4, "running_mean")
-      .aligned(running_var, 4, "running_var").aligned(saved_mean, 4, "saved_mean")
-      .aligned(saved_rstd, 4, "saved_rstd");
-  if (tracking && cumulative) check.aligned(step_count, 8, "step_count");
-  const int64_t numel = desc->n * desc->c * desc->spatial;
-  const size_t mask_bytes = k::relu_mask_bytes(numel);
-  check.epilogue(cfg, Checker::EpilogueRole::Train, bytes, numel, elem);
-  // No output may overlap anything else (y == x excepted); the workspace and
-  // the mask are written too.
-  check.no_overlap({{x, bytes, "x", false},
-                    {y, bytes, "y", true},
-                    {gamma, cbytes, "gamma", false},
-                    {beta, cbytes, "beta", false},
-                    {running_mean, cbytes, "running_mean", true},
-                    {running_var, cbytes, "running_var", true},
-                    {tracking && cumulative ? step_count : nullptr, sizeof(int64_t), "step_count", true},
-                    {saved_mean, cbytes, "saved_mean", true},
-                    {saved_rstd, cbytes, "saved_rstd", true},
-                    {workspace, ws_used, "workspace", true},
-                    {cfg.residual, bytes, "config->residual", false},
-                    {cfg.relu_mask, mask_bytes, "config->relu_mask", true}},
-                   {{"y", "x"}, {"y", "config->residual"}});
-  if (!check.ok()) return check.status();
-
-  const int64_t m = desc->n * desc->spatial;
-  if (m == 1)
-    return check.fail(BNORM_STATUS_BATCH_TOO_SMALL,
-                      "n * spatial == 1: the variance of one value per channel is undefined")
-        .status();
-  check.workspace(workspace, workspace_bytes, ws.total);
-  if (!check.ok()) return check.status();
-  if (m == 0) return BNORM_STATUS_SUCCESS;
-
-  k::ForwardTrainingArgs a{};
-  a.t = plan.t;
-  a.plan = plan.reduce;
-  a.x = x;
-  a.y = y;
-  a.gamma = gamma;
-  a.beta = beta;
-  a.running_mean = running_mean;
-  a.running_var = running_var;
-  a.step_count = tracking && cumulative ? step_count : nullptr;
-  a.saved_mean = saved_mean;
-  a.saved_rstd = saved_rstd;
-  a.eps = cfg.eps;
-  a.factor = cfg.factor;
-  a.workspace = workspace;
-  a.ep = epilogue_args(cfg, numel);
-  const cudaError_t e = plan.reduce.single_block ? k::tiny_forward_training(a, stream)
-                                                 : k::forward_training(a, stream);
+  const TrainingRequest r{desc,       config,     x,         y,          gamma,
+                          beta,       running_mean, running_var, step_count, saved_mean,
+                          saved_rstd, workspace,  workspace_bytes, nullptr, 0, nullptr, false};
+  k::ForwardTrainingArgs a;
+  if (!check_training(check, handle, r, Batch{false, -1}, &a)) return check.status();
+  if (a.t.m() == 0) return BNORM_STATUS_SUCCESS;
+  const cudaError_t e = a.plan.single_block ? k::tiny_forward_training(a, stream)
+                        : a.plan.persistent ? k::persistent_forward_training(a, stream)
+                                            : k::forward_training(a, stream);
   if (e != cudaSuccess)
     return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))
         .status();

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include "context.h"
+#include "kernels/launch.h"
 #include "nvtx.h"
 
 using bnorm::host::clear_error;
@@ -34,6 +35,20 @@ bnormStatus_t bnormCreate(bnormHandle_t* handle) {
   ctx->cc_major = prop.major;
   ctx->cc_minor = prop.minor;
   ctx->max_grid_y = prop.maxGridSize[1] > 0 ? prop.maxGridSize[1] : 65535;
+  // Occupancy of the persistent kernels (their registers and shared memory
+  // as compiled for this device), asked once here so that planning stays
+  // host arithmetic.
+  int coop = 0;
+  if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess) {
+    cudaGetLastError();
+    coop = 0;
+  }
+  ctx->cooperative = coop != 0;
+  const bnorm::kernels::PersistOccupancy occ = bnorm::kernels::persistent_occupancy();
+  for (int t = 0; t < 3; ++t) {
+    ctx->persist_forward_per_sm[t] = occ.forward[t];
+    ctx->persist_backward_per_sm[t] = occ.backward[t];
+  }
   std::memcpy(ctx->name, prop.name, sizeof ctx->name);
   ctx->name[sizeof ctx->name - 1] = '\0';
   *handle = ctx;

@@ -30,8 +30,9 @@ kernels::EpilogueArgs epilogue_args(const Config& cfg, int64_t numel) {
   return e;
 }
 
-Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t path) {
-  Plan p;
+Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t path,
+               Pass pass) {
+  Plan p{};
   p.t.dtype = dtype_of(d.dtype);
   p.t.n = d.n;
   p.t.c = d.c;
@@ -77,7 +78,51 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
   p.reduce.single_block =
       fits32 && (path == BNORM_PATH_SINGLE_BLOCK ||
                  (path == BNORM_PATH_AUTO && numel <= kTinyElements && m <= kTinyM));
+
+  // Persistent: one cooperative launch that reads x (and dy) once instead
+  // of twice (forward: 2 bytes moved per element-byte instead of 3;
+  // backward: 3 instead of 5), when the whole tensor fits on chip. It fits
+  // when its grid (launch.h: each thread keeps 32 values of x forward, 16
+  // each of x and dy backward, so a block holds 8192 or 4096 values plus
+  // the rounding of the last unit per channel or column block) is no larger
+  // than what the device holds resident at once: blocks per SM (occupancy
+  // of the kernels' registers and shared memory, asked at bnormCreate) times
+  // the SMs. On an H100 (132 SMs; the kernels are built for 2 resident
+  // blocks forward, 3 backward: persistent.cu) that is 132 * 2 * 8192 = 2.2 M
+  // values forward and 132 * 3 * 4096 = 1.6 M backward. Beyond that a block
+  // would wait at the grid-wide barrier for one that cannot start: a
+  // cooperative launch refuses such a grid, so the multi-pass kernels run.
+  // Never for tiny tensors in AUTO: one launch of one block (above) beats a
+  // cooperative grid there. Planned at the natural vector width; the
+  // launcher re-checks the fit at the width the pointers allow.
+  const bool backward = pass == Pass::Backward;
+  const int dt = int(p.t.dtype);
+  const int per_sm = backward ? ctx.persist_backward_per_sm[dt] : ctx.persist_forward_per_sm[dt];
+  p.reduce.persist_capacity = ctx.cooperative ? int64_t(per_sm) * ctx.sm_count : 0;
+  const int values = backward ? kernels::kPersistBackwardValues : kernels::kPersistForwardValues;
+  const int width = kernels::natural_width(p.t.dtype, major ? d.spatial : d.c);
+  const bool fits = kernels::persist_geometry(p.t, width, values).grid <= p.reduce.persist_capacity;
+  p.reduce.persistent = fits && !p.reduce.single_block &&
+                        (path == BNORM_PATH_PERSISTENT || path == BNORM_PATH_AUTO);
+  if (p.reduce.persistent) {
+    const size_t state = (backward ? 2 : 3) * sizeof(float);  // Sum2 / Welford
+    for (int w = width; w >= 1; w /= 2)
+      p.persist_workspace = std::max(
+          p.persist_workspace,
+          kernels::persist_workspace(d.c, kernels::persist_geometry(p.t, w, values).splits, state));
+  }
   return p;
+}
+
+size_t forward_workspace_bytes(const Plan& plan) {
+  return std::max(kernels::ForwardWorkspace(plan.t.c, plan.reduce.splits).total,
+                  plan.persist_workspace);
+}
+
+size_t backward_workspace_bytes(const Plan& plan, bool frozen) {
+  const size_t multi = kernels::BackwardWorkspace(plan.t.c, plan.reduce.splits, !frozen).total;
+  // Frozen statistics never take the persistent kernels.
+  return frozen ? multi : std::max(multi, plan.persist_workspace);
 }
 
 }  // namespace host

@@ -54,6 +54,8 @@ const char* bnormGetStatusString(bnormStatus_t s) {
     case BNORM_STATUS_CUDA_ERROR: return "BNORM_STATUS_CUDA_ERROR: a CUDA runtime call failed";
     case BNORM_STATUS_ALLOC_FAILED:
       return "BNORM_STATUS_ALLOC_FAILED: host memory could not be allocated";
+    case BNORM_STATUS_COMM_ERROR:
+      return "BNORM_STATUS_COMM_ERROR: a collective across ranks (NCCL) failed";
     case BNORM_STATUS_INTERNAL_ERROR:
       return "BNORM_STATUS_INTERNAL_ERROR: a bug in bnorm; please report the message";
   }

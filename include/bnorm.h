@@ -109,6 +109,7 @@ typedef enum {
   /* 3xx: the CUDA runtime or the host failed. */
   BNORM_STATUS_CUDA_ERROR = 300,   /* a CUDA call failed; the message has its text */
   BNORM_STATUS_ALLOC_FAILED = 301, /* host memory for a handle could not be had */
+  BNORM_STATUS_COMM_ERROR = 302,   /* a collective (NCCL) failed; the message has its text */
 
   /* 9xx: a bug in bnorm. Please report it with the message. */
   BNORM_STATUS_INTERNAL_ERROR = 900
@@ -174,7 +175,17 @@ typedef enum {
   /* One launch, one block, a warp per channel: the fastest for tiny
    * tensors (launch latency dominates), slow for large ones. Channels of
    * 2^32 values or more run the multi-pass kernels instead. */
-  BNORM_PATH_SINGLE_BLOCK = 2
+  BNORM_PATH_SINGLE_BLOCK = 2,
+  /* One cooperative launch that keeps x (and dy) on chip between the
+   * statistics and the normalize (or dx), so each value is read from memory
+   * once: for tensors whose whole extent fits in the registers of the grid
+   * the device holds resident at once (on an H100 about 2.2 M values
+   * forward, 1.6 M backward).
+   * When the tensor does not fit, or the device cannot launch cooperatively,
+   * the call runs the multi-pass kernels instead. Forward training and the
+   * backward with saved statistics; the backward without them and the
+   * frozen backward run the multi-pass kernels. Added in 0.2. */
+  BNORM_PATH_PERSISTENT = 3
 } bnormPath_t;
 
 /* A fused epilogue after the normalization (forward) and its gradient
@@ -378,6 +389,155 @@ BNORM_API bnormStatus_t bnormBackwardFrozen(bnormHandle_t handle, cudaStream_t s
                                             const float* running_mean, const float* running_var,
                                             float* dgamma, float* dbeta, void* workspace,
                                             size_t workspace_bytes);
+
+/* ------------------------------------------------------------------------ */
+/* Synchronized batch norm across GPUs (data parallelism)
+ *
+ * Each rank (GPU) holds a slice of the mini-batch: its own n, the same c,
+ * spatial, dtype and layout on every rank. The statistics are those of the
+ * whole global batch, m = (sum of every rank's n) * spatial, as if one GPU
+ * had seen it all. Every rank gets bitwise the same statistics, running
+ * statistics, dgamma and dbeta.
+ *
+ * Split phases, each asynchronous on the caller's stream and legal inside
+ * CUDA graph capture, for a caller with its own communication (MPI, a
+ * framework's process group, a hierarchical exchange):
+ *
+ *   forward:   bnormSyncForwardStats    x -> this rank's packed statistics
+ *              (exchange: all-gather the packed statistics, rank order)
+ *              bnormSyncForwardApply    gathered -> statistics, running
+ *                                       statistics, saved mean/rstd, y
+ *   backward:  bnormSyncBackwardGrads   x, dy -> this rank's packed sums
+ *              (exchange: all-reduce (sum) of the sums, as fp64)
+ *              bnormSyncBackwardApply   reduced -> dgamma, dbeta, dx
+ *
+ * Why an all-gather forward and an all-reduce backward: the forward merge is
+ * Chan's rule over each rank's (count, mean, M2), which is exact and free of
+ * cancellation however large the mean, but is not a sum, so every rank
+ * needs every rank's triple and merges them in rank order (the same order
+ * on every rank: bitwise identical results). The backward quantities are
+ * plain sums, so an fp64 all-reduce suffices. README ("Synchronized batch
+ * norm") gives the bytes and latency of both at 8, 64 and 1024 ranks.
+ *
+ * With NCCL (compiled in when the build found it), bnormSyncForwardTraining
+ * and bnormSyncBackward run all phases with exactly one collective each, on
+ * the caller's communicator. Every rank must make the same sequence of calls
+ * with the same c, spatial, dtype, layout and config, including ranks with
+ * n == 0 (they contribute nothing but must take part in the collective). A
+ * call that fails its argument checks on one rank returns before its
+ * collective, and the other ranks then wait in theirs: check arguments the
+ * same way on every rank.
+ *
+ * Global batch of fewer than two values per channel. The variance of one
+ * value is undefined. A caller that knows the global sample count passes it
+ * as global_n (the sum of every rank's n), and global_n * spatial == 1 is
+ * then BNORM_STATUS_BATCH_TOO_SMALL before anything is enqueued, on every
+ * rank alike; global_n == -1 means unknown. Any other global_n below -1 is
+ * BNORM_STATUS_INVALID_VALUE; one below this rank's desc->n, or whose
+ * product with spatial overflows, is BNORM_STATUS_BAD_SHAPE. Whatever
+ * global_n says, the device checks the count it merged: with one value in
+ * all, saved_rstd and y are NaN, and with fewer than two the running
+ * statistics and the step counter are left untouched; with none at all
+ * nothing is written.
+ */
+
+/* Bytes of one rank's packed forward statistics for c channels (the unit
+ * of the all-gather: rank r's block sits at byte r * stats_bytes of the
+ * gathered buffer), and of the packed backward sums (the all-reduce's
+ * buffer: grads_bytes / 8 fp64 values). Both are multiples of 16. */
+BNORM_API bnormStatus_t bnormGetSyncBufferSizes(bnormHandle_t handle, int64_t c,
+                                                size_t* stats_bytes, size_t* grads_bytes);
+
+/* Phase 1 of the forward: this rank's statistics of x (its count, and per
+ * channel a pivot, the mean of x - pivot and M2) into local_stats
+ * (stats_bytes, 16-byte aligned; may be the rank's own block of the gathered
+ * buffer, for an in-place all-gather). desc->n may be 0. The workspace is
+ * that of bnormGetForwardTrainingWorkspaceSize for the same desc and config,
+ * and is reused by bnormSyncForwardApply: its contents need not survive. */
+BNORM_API bnormStatus_t bnormSyncForwardStats(bnormHandle_t handle, cudaStream_t stream,
+                                              const bnormTensorDesc_t* desc,
+                                              const bnormConfig_t* config, const void* x,
+                                              void* local_stats, void* workspace,
+                                              size_t workspace_bytes);
+
+/* Phases 3 and 4 of the forward: merges the nranks blocks of gathered_stats
+ * (nranks * stats_bytes, 16-byte aligned, rank order) with Chan's rule in
+ * rank order, then does what bnormForwardTraining does after its statistics
+ * (saved mean and rstd, running statistics with the same factor or
+ * cumulative step counter on every rank, y with the epilogue). `rank` is
+ * this rank's index (its own block gives the pivot its y is computed
+ * against). Every rank, n == 0 included, must call it so that its running
+ * statistics stay the same as the others'. global_n: see above (-1:
+ * unknown). Other arguments as bnormForwardTraining's; gathered_stats must
+ * not overlap any output. */
+BNORM_API bnormStatus_t bnormSyncForwardApply(
+    bnormHandle_t handle, cudaStream_t stream, const bnormTensorDesc_t* desc,
+    const bnormConfig_t* config, int nranks, int rank, int64_t global_n,
+    const void* gathered_stats, const void* x, void* y, const float* gamma, const float* beta,
+    float* running_mean, float* running_var, int64_t* step_count, float* saved_mean,
+    float* saved_rstd, void* workspace, size_t workspace_bytes);
+
+/* Phase 1 of the backward: this rank's count and, per channel, sum g and
+ * sum g * (x - saved_mean) as fp64 into local_grads (grads_bytes, 16-byte
+ * aligned), g being dy after the epilogue's gradient (config's ReLU mask).
+ * saved_mean is the global mean the synchronized forward saved (required).
+ * Workspace: bnormGetBackwardWorkspaceSize's, reused by the apply phase. */
+BNORM_API bnormStatus_t bnormSyncBackwardGrads(bnormHandle_t handle, cudaStream_t stream,
+                                               const bnormTensorDesc_t* desc,
+                                               const bnormConfig_t* config, const void* x,
+                                               const void* dy, const float* saved_mean,
+                                               void* local_grads, void* workspace,
+                                               size_t workspace_bytes);
+
+/* The rest of the backward, from reduced_grads (the element-wise sum over
+ * every rank of their local_grads; may be local_grads itself after an
+ * in-place all-reduce): dgamma and dbeta (identical on every rank) and this
+ * rank's dx (and dz for ADD_RELU). saved_mean and saved_rstd are required.
+ * Other arguments as bnormBackward's. */
+BNORM_API bnormStatus_t bnormSyncBackwardApply(
+    bnormHandle_t handle, cudaStream_t stream, const bnormTensorDesc_t* desc,
+    const bnormConfig_t* config, const void* reduced_grads, const void* x, const void* dy,
+    void* dx, const float* gamma, const float* saved_mean, const float* saved_rstd,
+    float* dgamma, float* dbeta, void* workspace, size_t workspace_bytes);
+
+/* The built-in NCCL path: all phases, one collective each, on `comm` (a
+ * communicator the caller created: ncclCommInitRank, ncclCommInitAll or
+ * ncclCommSplit; its rank and size are read from it). The collective is
+ * enqueued on `stream` between the phases' kernels. Without NCCL in the
+ * build these return BNORM_STATUS_NOT_SUPPORTED. A collective that NCCL
+ * refuses to enqueue is BNORM_STATUS_COMM_ERROR with NCCL's message; the
+ * local statistics pass before it may then have written the workspace, but
+ * no output, running statistic or step counter is written. (Errors NCCL
+ * finds later are its asynchronous errors: ncclCommGetAsyncError.) The
+ * workspace holds the local workspace and the exchanged buffers: see the
+ * size queries. */
+struct ncclComm; /* nccl.h: typedef struct ncclComm* ncclComm_t */
+
+BNORM_API bnormStatus_t bnormGetSyncForwardTrainingWorkspaceSize(bnormHandle_t handle,
+                                                                 const bnormTensorDesc_t* desc,
+                                                                 const bnormConfig_t* config,
+                                                                 int nranks,
+                                                                 size_t* workspace_bytes);
+
+BNORM_API bnormStatus_t bnormSyncForwardTraining(
+    bnormHandle_t handle, cudaStream_t stream, struct ncclComm* comm,
+    const bnormTensorDesc_t* desc, const bnormConfig_t* config, int64_t global_n, const void* x,
+    void* y, const float* gamma, const float* beta, float* running_mean, float* running_var,
+    int64_t* step_count, float* saved_mean, float* saved_rstd, void* workspace,
+    size_t workspace_bytes);
+
+BNORM_API bnormStatus_t bnormGetSyncBackwardWorkspaceSize(bnormHandle_t handle,
+                                                          const bnormTensorDesc_t* desc,
+                                                          const bnormConfig_t* config,
+                                                          size_t* workspace_bytes);
+
+BNORM_API bnormStatus_t bnormSyncBackward(bnormHandle_t handle, cudaStream_t stream,
+                                          struct ncclComm* comm, const bnormTensorDesc_t* desc,
+                                          const bnormConfig_t* config, const void* x,
+                                          const void* dy, void* dx, const float* gamma,
+                                          const float* saved_mean, const float* saved_rstd,
+                                          float* dgamma, float* dbeta, void* workspace,
+                                          size_t workspace_bytes);
 
 #ifdef __cplusplus
 } /* extern "C" */

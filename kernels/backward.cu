@@ -32,6 +32,7 @@
 #include "layout.cuh"
 #include "reduce.cuh"
 #include "finalize.cuh"
+#include "backward_ops.cuh"
 
 namespace bnorm {
 namespace kernels {
@@ -39,92 +40,6 @@ namespace kernels {
 namespace {
 
 constexpr int kFinalizeThreads = 256;
-
-// Sums of g and g * (x - mean), over register tiles.
-template <class T, int N>
-struct GradAcc {
-  using State = Sum2;
-  // Two fields a value: half the statistics pass's tile keeps the double
-  // buffer within about 128 registers.
-  static constexpr int kTile = reduce_tile<N>() / 2;
-  struct Const {
-    float mean;
-  };
-  struct In {
-    float x[N], g[N];
-  };
-  const T* x;
-  const T* dy;
-  const float* __restrict__ mean;
-  const uint32_t* __restrict__ mask;  // ReLU epilogue, else NULL
-
-  __device__ Const channel(int64_t ch) const { return {mean[ch]}; }
-  __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(dy + offset, in.g);
-    load_vec<T, N>(x + offset, in.x);
-    if (mask) apply_mask<N>(mask, offset, in.g);
-  }
-  template <int K>
-  __device__ void add_column(Sum2& s, const Const& k, const In (&in)[K], int lane,
-                             int count) const {
-    float sg = 0.0f, sgd = 0.0f;
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      if (j < count) {
-        sg += in[j].g[lane];
-        sgd = fmaf(in[j].g[lane], in[j].x[lane] - k.mean, sgd);
-      }
-    }
-    s.a += sg;
-    s.b += sgd;
-  }
-  template <int K>
-  __device__ void add_all(Sum2& s, const Const& k, const In (&in)[K], int count) const {
-    float sg = 0.0f, sgd = 0.0f;
-#pragma unroll
-    for (int j = 0; j < K; ++j) {
-      if (j < count) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) {
-          sg += in[j].g[i];
-          sgd = fmaf(in[j].g[i], in[j].x[i] - k.mean, sgd);
-        }
-      }
-    }
-    s.a += sg;
-    s.b += sgd;
-  }
-};
-
-// dx = a * ((g - mdy) - (x - mean) * k), coefficients from the finalize;
-// with an epilogue g is the masked dy, and ADD_RELU also writes dz = g.
-template <class T, int N>
-struct DxFullOp {
-  using Coef = Coeffs;
-  struct In {
-    float x[N], g[N];
-  };
-  const T* x;
-  const T* dy;
-  T* dx;
-  const Coeffs* __restrict__ coeffs;
-  const uint32_t* __restrict__ mask;
-  T* dz;
-
-  __device__ Coef coef(int64_t ch) const { return coeffs[ch]; }
-  __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(dy + offset, in.g);
-    load_vec<T, N>(x + offset, in.x);
-    if (mask) apply_mask<N>(mask, offset, in.g);
-    if (dz) store_vec<T, N>(dz + offset, in.g);
-  }
-  __device__ float compute(const Coef& c, const In& in, int i) const {
-    return c.a * ((in.g[i] - c.mdy) - (in.x[i] - c.mean) * c.k);
-  }
-  __device__ void store(int64_t offset, const float (&out)[N]) const {
-    store_vec<T, N>(dx + offset, out);
-  }
-};
 
 // dx = gamma * rstd * g with frozen statistics: no x, no reduction.
 template <class T, int N>
@@ -163,9 +78,7 @@ __global__ void __launch_bounds__(kFinalizeThreads) finalize_grads(GradParams p)
   const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
   for (int64_t ch = int64_t(blockIdx.x) * warps + threadIdx.x / 32; ch < p.c;
        ch += int64_t(gridDim.x) * warps) {
-    Sum2 s{};
-    for (int64_t k = lane; k < p.splits; k += 32) s = merge(s, p.partials[k * p.c + ch]);
-    s = warp_merge(s);
+    const Sum2 s = warp_merge_splits(p.partials, p.splits, p.c, ch);
     if (lane == 0) p.coeffs[ch] = finish_grads(s, ch, p);
   }
 }
@@ -231,14 +144,11 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream) {
                    0, stream, p);
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }
+    if (!a.frozen) return dx_full_pass<T>(a, width, coeffs, stream);
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
-      if (a.frozen) {
-        launch_apply<N>(DxFrozenOp<T, N>{dy, dx, a.gamma, a.stat, a.eps, a.ep.mask, dz}, t,
-                        a.plan, stream);
-      } else {
-        launch_apply<N>(DxFullOp<T, N>{x, dy, dx, coeffs, a.ep.mask, dz}, t, a.plan, stream);
-      }
+      launch_apply<N>(DxFrozenOp<T, N>{dy, dx, a.gamma, a.stat, a.eps, a.ep.mask, dz}, t,
+                      a.plan, stream);
       return cudaGetLastError();
     });
   });

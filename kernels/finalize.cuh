@@ -64,20 +64,20 @@ struct Affine {  // y = scale * (x - pivot) + shift
   float pivot, scale, shift;
 };
 
-// s: the statistics of x - pivot over the channel's m values.
-__device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, int64_t ch,
-                                                 const StatsParams& p, double f) {
-  // Never negative; a NaN M2 (a NaN or an infinity among the channel's
-  // values) stays NaN, so that rstd, y and the running variance of that
-  // channel are NaN, as in PyTorch; `m2 > 0 ? ... : 0` would have turned it
-  // into var = 0 and a finite rstd.
-  const double var = s.m2 < 0.0f ? 0.0 : double(s.m2) * p.inv_m;
-  const double mean = double(pivot) + double(s.mean);
+// The outputs of a channel from its moments: the mean, dmean = mean - pivot
+// (given, not recomputed, so that the statistics do not depend on the pivot:
+// synchronized ranks normalize against different pivots), the biased
+// variance `var` (normalizes) and the unbiased one (running variance).
+// `track` false leaves the running statistics as they are (a synchronized
+// batch whose global count is below two).
+__device__ __forceinline__ Affine finish_moments(double mean, double dmean, double var,
+                                                 double unbiased, bool track, float pivot,
+                                                 int64_t ch, const StatsParams& p, double f) {
   const double rstd = rsqrt(var + p.eps);
   const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
   const double b = p.beta ? double(p.beta[ch]) : 0.0;
   const float scale = float(g * rstd);
-  const Affine a{pivot, scale, float(b - double(scale) * double(s.mean))};
+  const Affine a{pivot, scale, float(b - double(scale) * dmean)};
   if (p.ws_pivot) {
     p.ws_pivot[ch] = a.pivot;
     p.ws_scale[ch] = a.scale;
@@ -89,8 +89,7 @@ __device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, 
     p.saved_mean[ch] = float(mean);
     p.saved_rstd[ch] = float(rstd);
   }
-  if (p.running_mean) {
-    const double unbiased = var * p.bessel;
+  if (p.running_mean && track) {
     if (f == 1.0) {  // replace, even if the old value is not finite
       p.running_mean[ch] = float(mean);
       p.running_var[ch] = float(unbiased);
@@ -100,6 +99,18 @@ __device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, 
     }
   }
   return a;
+}
+
+// s: the statistics of x - pivot over the channel's m values.
+__device__ __forceinline__ Affine finish_channel(const Welford& s, float pivot, int64_t ch,
+                                                 const StatsParams& p, double f) {
+  // Never negative; a NaN M2 (a NaN or an infinity among the channel's
+  // values) stays NaN, so that rstd, y and the running variance of that
+  // channel are NaN, as in PyTorch; `m2 > 0 ? ... : 0` would have turned it
+  // into var = 0 and a finite rstd.
+  const double var = s.m2 < 0.0f ? 0.0 : double(s.m2) * p.inv_m;
+  return finish_moments(double(pivot) + double(s.mean), double(s.mean), var, var * p.bessel, true,
+                        pivot, ch, p, f);
 }
 
 // dx = a * ((g - mdy) - (x - mean) * k)
@@ -126,18 +137,23 @@ inline void set_counts(GradParams& p, int64_t m) {
   p.inv_m = 1.0 / double(m);
 }
 
-// s: sum g and sum g * (x - mean) over the channel's m values.
-__device__ __forceinline__ Coeffs finish_grads(const Sum2& s, int64_t ch, const GradParams& p) {
+// From the channel's sums of g and g * (x - mean) over m values (inv_m =
+// 1/m): writes dgamma and dbeta if asked, returns the coefficients of dx.
+__device__ __forceinline__ Coeffs finish_grad_sums(double sum_g, double sum_gx, double inv_m,
+                                                   int64_t ch, const GradParams& p) {
   const double rstd = p.frozen ? rsqrt(double(p.stat[ch]) + p.eps) : double(p.stat[ch]);
-  const double dbeta = double(s.a);
-  const double dgamma = double(s.b) * rstd;
+  const double dgamma = sum_gx * rstd;
   if (p.dgamma) {
     p.dgamma[ch] = float(dgamma);
-    p.dbeta[ch] = float(dbeta);
+    p.dbeta[ch] = float(sum_g);
   }
   const double g = p.gamma ? double(p.gamma[ch]) : 1.0;
-  return Coeffs{float(g * rstd), float(dbeta * p.inv_m), float(rstd * dgamma * p.inv_m),
-                p.mean[ch]};
+  return Coeffs{float(g * rstd), float(sum_g * inv_m), float(rstd * dgamma * inv_m), p.mean[ch]};
+}
+
+// s: sum g and sum g * (x - mean) over the channel's m values.
+__device__ __forceinline__ Coeffs finish_grads(const Sum2& s, int64_t ch, const GradParams& p) {
+  return finish_grad_sums(double(s.a), double(s.b), p.inv_m, ch, p);
 }
 
 }  // namespace kernels

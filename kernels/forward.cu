@@ -37,6 +37,7 @@
 #include "apply.cuh"
 #include "channel_reduce.cuh"
 #include "geometry.cuh"
+#include "forward_ops.cuh"
 
 namespace bnorm {
 namespace kernels {
@@ -44,74 +45,6 @@ namespace kernels {
 namespace {
 
 constexpr int kFinalizeThreads = 256;
-
-// Statistics of x - pivot (see the top of this file).
-template <class T, int N>
-struct WelfordAcc {
-  using State = Welford;
-  static constexpr int kTile = reduce_tile<N>();
-  struct Const {
-    float pivot;
-  };
-  struct In {
-    float x[N];
-  };
-  const T* x;
-  int64_t pivot_stride;  // the pivot of channel ch is x[ch * pivot_stride]
-
-  __device__ Const channel(int64_t ch) const { return {to_float(x[ch * pivot_stride])}; }
-  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
-  template <int K>
-  __device__ void add_column(Welford& s, const Const& k, const In (&in)[K], int lane,
-                             int count) const {
-    float v[K];
-#pragma unroll
-    for (int j = 0; j < K; ++j) v[j] = in[j].x[lane] - k.pivot;
-    add_tile(s, v, count);
-  }
-  template <int K>
-  __device__ void add_all(Welford& s, const Const& k, const In (&in)[K], int count) const {
-    float v[K * N];
-#pragma unroll
-    for (int j = 0; j < K; ++j)
-#pragma unroll
-      for (int i = 0; i < N; ++i) v[j * N + i] = in[j].x[i] - k.pivot;
-    add_tile(s, v, count * N);
-  }
-};
-
-// y = scale * (x - pivot) + shift, then the epilogue: + z, ReLU, mask.
-template <class T, int N>
-struct NormalizeOp {
-  struct Coef {
-    float pivot, scale, shift;
-  };
-  struct In {
-    float x[N], z[N];
-  };
-  const T* x;
-  T* y;
-  const float* __restrict__ pivot;
-  const float* __restrict__ scale;
-  const float* __restrict__ shift;
-  const T* __restrict__ z;  // ADD_RELU, else NULL
-  uint32_t* mask;           // ReLU in training, else NULL
-  bool relu;
-
-  __device__ Coef coef(int64_t ch) const { return {pivot[ch], scale[ch], shift[ch]}; }
-  __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(x + offset, in.x);
-    if (z) load_vec<T, N>(z + offset, in.z);
-  }
-  __device__ float compute(const Coef& k, const In& in, int i) const {
-    const float v = fmaf(k.scale, in.x[i] - k.pivot, k.shift) + (z ? in.z[i] : 0.0f);
-    return relu ? kernels::relu(v) : v;
-  }
-  __device__ void store(int64_t offset, const float (&out)[N]) const {
-    store_vec<T, N>(y + offset, out);
-    if (mask) set_mask_bits<N>(mask, offset, out);
-  }
-};
 
 // One warp per channel: lanes merge every 32nd split, then the warp merges
 // its lanes (fixed tree), and lane 0 finishes the channel.
@@ -123,9 +56,7 @@ __global__ void __launch_bounds__(kFinalizeThreads)
   const double f = average_factor(p);
   for (int64_t ch = int64_t(blockIdx.x) * warps + threadIdx.x / 32; ch < p.c;
        ch += int64_t(gridDim.x) * warps) {
-    Welford s{};
-    for (int64_t k = lane; k < p.splits; k += 32) s = merge(s, p.partials[k * p.c + ch]);
-    s = warp_merge(s);
+    const Welford s = warp_merge_splits(p.partials, p.splits, p.c, ch);
     if (lane == 0) finish_channel(s, to_float(x[ch * p.pivot_stride]), ch, p, f);
   }
 }
@@ -174,22 +105,7 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
       if ((e = cudaGetLastError()) != cudaSuccess) return e;
     }
     if (!a.y) return cudaSuccess;
-    if (a.ep.mask && (e = cudaMemsetAsync(a.ep.mask, 0, a.ep.mask_bytes, stream)) != cudaSuccess)
-      return e;
-
-    return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
-      constexpr int N = decltype(n)::value;
-      const NormalizeOp<T, N> op{x,
-                                 static_cast<T*>(a.y),
-                                 p.ws_pivot,
-                                 p.ws_scale,
-                                 p.ws_shift,
-                                 static_cast<const T*>(a.ep.residual),
-                                 a.ep.mask,
-                                 a.ep.kind != 0};
-      launch_apply<N>(op, t, a.plan, stream);
-      return cudaGetLastError();
-    });
+    return normalize_pass<T>(a, width, p.ws_pivot, p.ws_scale, p.ws_shift, stream);
   });
 }
 

@@ -72,6 +72,12 @@ struct ReducePlan {
   int64_t splits;
   int apply_blocks;   // grid of the elementwise pass (grid-stride)
   bool single_block;  // the whole call in one launch (tiny.cu)
+  // The single-pass cooperative kernels (persistent.cu), and the most
+  // blocks of them that can be resident at once (their grid must not pass
+  // it). The launcher falls back to the multi-pass kernels when the grid of
+  // the vector width the pointers allow does not fit.
+  bool persistent;
+  int64_t persist_capacity;
 };
 
 // ---- launch geometry --------------------------------------------------------------
@@ -112,6 +118,52 @@ inline Geometry apply_geometry(const Tensor& t, const ReducePlan& plan, int n) {
   return {unsigned(sh.col_blocks), unsigned(row_blocks), sh.tx, sh.ty};
 }
 
+// ---- persistent (single-pass) geometry ---------------------------------------------
+// Each thread of a persistent kernel keeps `values` activations of each
+// tensor it reads in registers, as K = values / N vectors of N: 32 values of
+// x forward, 16 each of x and dy backward (the same 32 data values a
+// thread). A unit is the slice whose partial state is written once:
+//  - ChannelMajor: a warp, on one channel: vectors u * 32 K + lane + 32 k
+//    (k < K) of the channel's m / N vectors; `splits` units per channel,
+//    unit = channel * splits + split, eight units (warps) a block.
+//  - ChannelMinor: a block of minor_shape(c, N), tx vector-columns by ty
+//    rows, each thread K rows (r = split * ty * K + ty_index + ty * k);
+//    `splits` row blocks per column block, block = column_block * splits +
+//    split.
+constexpr int kPersistThreads = 256;
+constexpr int kPersistForwardValues = 32;
+constexpr int kPersistBackwardValues = 16;
+
+struct PersistGeometry {
+  int64_t splits;  // units per channel (ChannelMajor) or per column block (ChannelMinor)
+  int64_t grid;    // blocks (int64: compared with the resident capacity before any launch)
+  int vectors;     // K
+  unsigned block_x, block_y;
+};
+
+inline PersistGeometry persist_geometry(const Tensor& t, int n, int values) {
+  PersistGeometry g{};
+  g.vectors = values / n;
+  const int64_t m = t.m();
+  if (t.order == Order::ChannelMajor) {
+    const int64_t per_unit = int64_t(32) * g.vectors;
+    g.splits = (m / n + per_unit - 1) / per_unit;
+    const int64_t units = t.c * g.splits;
+    const int64_t warps = kPersistThreads / 32;
+    g.grid = (units + warps - 1) / warps;
+    g.block_x = kPersistThreads;
+    g.block_y = 1;
+  } else {
+    const MinorShape sh = minor_shape(t.c, n);
+    const int64_t rows = int64_t(sh.ty) * g.vectors;
+    g.splits = (m + rows - 1) / rows;
+    g.grid = sh.col_blocks * g.splits;
+    g.block_x = sh.tx;
+    g.block_y = sh.ty;
+  }
+  return g;
+}
+
 // ---- workspace layout -----------------------------------------------------------
 // Every sub-array starts 16-byte aligned; sizes are in bytes.
 inline size_t align16(size_t b) { return (b + 15) & ~size_t(15); }
@@ -145,6 +197,12 @@ struct BackwardWorkspace {
   }
 };
 
+// Persistent kernels: the per-(split, channel) partial states only, of
+// `state` bytes each (Welford forward, Sum2 backward).
+inline size_t persist_workspace(int64_t c, int64_t splits, size_t state) {
+  return align16(size_t(splits) * size_t(c) * state);
+}
+
 // The fused epilogue's arguments (epilogue.cuh): z, dz and the mask are
 // tensors / bitmaps of the same element order as x.
 struct EpilogueArgs {
@@ -176,6 +234,9 @@ struct ForwardTrainingArgs {
 };
 cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
 cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
+// One cooperative launch (persistent.cu); the multi-pass kernels when the
+// grid does not fit a.plan.persist_capacity.
+cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
 
 // ---- forward inference ---------------------------------------------------------------
 struct InferenceArgs {
@@ -238,6 +299,78 @@ struct BackwardArgs {
 };
 cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream);
+// The full backward with saved statistics in one cooperative launch
+// (persistent.cu); the multi-pass kernels for anything else, or when the
+// grid does not fit a.plan.persist_capacity.
+cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream);
+
+// ---- occupancy of the persistent kernels ---------------------------------------------
+// Resident blocks per SM of each dtype's persistent kernels (the fewest over
+// their vector widths and layouts), from cudaOccupancyMaxActiveBlocksPerMultiprocessor;
+// 0 where the query fails. Indexed by DType.
+struct PersistOccupancy {
+  int forward[3];
+  int backward[3];
+};
+PersistOccupancy persistent_occupancy();
+
+// ---- synchronized batch norm (sync.cu) ---------------------------------------------
+// One rank's packed forward statistics, the unit of the all-gather: the
+// rank's count m = n * spatial (int64), 8 bytes of zeros, then per channel
+// fp32 arrays: the pivot (the channel's first value on that rank; 0 when
+// the rank has no values), the mean of x - pivot, and M2. Zero-padded to 16.
+struct SyncStatsLayout {
+  size_t pivot, mean, m2, total;
+  explicit SyncStatsLayout(int64_t c) {
+    pivot = 16;
+    mean = pivot + size_t(c) * sizeof(float);
+    m2 = mean + size_t(c) * sizeof(float);
+    total = align16(m2 + size_t(c) * sizeof(float));
+  }
+};
+// The packed backward sums, fp64, the unit of the all-reduce: [0] the
+// rank's count m, [1] zero, [2, 2 + c) sum g, [2 + c, 2 + 2c) sum g * (x -
+// mean), zero-padded to 16 bytes. Summed element-wise over the ranks, it
+// holds the global count and sums.
+inline size_t sync_grads_bytes(int64_t c) { return align16(size_t(2 + 2 * c) * sizeof(double)); }
+
+struct SyncStatsArgs {
+  Tensor t;
+  ReducePlan plan;
+  const void* x;
+  void* local_stats;  // SyncStatsLayout
+  void* workspace;    // ForwardWorkspace
+};
+cudaError_t sync_forward_stats(const SyncStatsArgs& a, cudaStream_t stream);
+
+// Merges the gathered statistics of `nranks` ranks, then the rest of
+// forward training on this rank's tensor (f.t, whose n may be 0).
+struct SyncApplyArgs {
+  ForwardTrainingArgs f;
+  const void* gathered;  // nranks blocks of SyncStatsLayout(c).total bytes, rank order
+  int nranks, rank;
+};
+cudaError_t sync_forward_apply(const SyncApplyArgs& a, cudaStream_t stream);
+
+struct SyncGradsArgs {
+  Tensor t;
+  ReducePlan plan;
+  EpilogueArgs ep;  // the mask, if any, applies to dy
+  const void* x;
+  const void* dy;
+  const float* mean;  // the global batch mean
+  void* local_grads;  // sync_grads_bytes(c)
+  void* workspace;    // BackwardWorkspace
+};
+cudaError_t sync_backward_grads(const SyncGradsArgs& a, cudaStream_t stream);
+
+// dgamma, dbeta and dx from the reduced sums (b.mean, b.stat: the saved
+// mean and rstd; b.frozen false).
+struct SyncGradApplyArgs {
+  BackwardArgs b;
+  const void* reduced;  // sync_grads_bytes(c), summed over the ranks
+};
+cudaError_t sync_backward_apply(const SyncGradApplyArgs& a, cudaStream_t stream);
 
 }  // namespace kernels
 }  // namespace bnorm

@@ -91,6 +91,18 @@ __device__ __forceinline__ S warp_merge(S s) {
   return s;
 }
 
+// Merges the `splits` partial states of channel ch (partials[k * c + ch],
+// one per block of a split reduction) across a full warp: lane l takes splits
+// l, l + 32, ... in order, then the lanes merge in warp_merge's tree. Lane 0
+// holds the result. Every lane must call it.
+template <class S>
+__device__ __forceinline__ S warp_merge_splits(const S* partials, int64_t splits, int64_t c,
+                                               int64_t ch) {
+  S s{};
+  for (int64_t k = threadIdx.x % 32; k < splits; k += 32) s = merge(s, partials[k * c + ch]);
+  return warp_merge(s);
+}
+
 // Merges the states of a 1-D block whose size is a multiple of 32, up to
 // 1024 threads. Thread 0 holds the result. Shared memory: `scratch` holds
 // blockDim.x / 32 states. Every thread must call it; it ends with a barrier,

@@ -29,6 +29,7 @@ _PATHS = {
     "auto": _ffi.BNORM_PATH_AUTO,
     "multi_pass": _ffi.BNORM_PATH_MULTI_PASS,
     "single_block": _ffi.BNORM_PATH_SINGLE_BLOCK,
+    "persistent": _ffi.BNORM_PATH_PERSISTENT,
 }
 
 _WORKSPACE_ALIGN = 16  # bnorm.h: the workspace is 16-byte aligned
@@ -292,8 +293,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
     input: (N, C, *spatial), float32/float16/bfloat16, contiguous or
     channels-last; weight, bias, running statistics: float32 vectors of C
-    values on the same device. path: "auto", "multi_pass" or "single_block"
-    (bnormConfig_t.path; every path computes the same function).
+    values on the same device. path: "auto", "multi_pass", "single_block" or
+    "persistent" (bnormConfig_t.path; every path computes the same function).
     """
     desc, _ = describe(input)
     for t, name in ((weight, "weight"), (bias, "bias"), (running_mean, "running_mean"),

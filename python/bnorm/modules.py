@@ -15,7 +15,7 @@ from .functional import batch_norm, describe
 class _BnormBatchNorm:
     """forward() of torch's _BatchNorm, step for step, with bnorm doing the work.
 
-    Attribute bnorm_path ("auto", "multi_pass", "single_block") selects
+    Attribute bnorm_path ("auto", "multi_pass", "single_block", "persistent") selects
     bnorm's kernel path for training and backward (bnormConfig_t.path)."""
 
     bnorm_path = "auto"

@@ -72,7 +72,7 @@ def test_train_steps_then_eval(device, shape, dtype, config):
         assert torch.equal(v, before[k]), k
 
 
-@pytest.mark.parametrize("path", ["multi_pass", "single_block", "auto"])
+@pytest.mark.parametrize("path", ["multi_pass", "single_block", "persistent", "auto"])
 @pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 def test_kernel_paths(device, path, layout):
     """bnormConfig_t.path (the newest field of the struct) reaches the library,

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "harness.h"
+#include "threads.h"
 #include "ops.h"
 #ifdef BT_EMU
 #include <bnorm_emu.h>
@@ -37,54 +38,14 @@ using bt::Case;
 
 constexpr int kThreads = 8;
 
-// Runs `body(t)` on kThreads threads and waits, at most `limit`; a thread
-// that has not finished by then is a deadlock: abort with a message.
+// Runs `body(t)` on kThreads threads; one still running after `limit` is a
+// deadlock: the process aborts with a message (threads.h).
 void run_threads(const std::function<void(int)>& body,
                  std::chrono::seconds limit = std::chrono::seconds(600)) {
-  std::vector<std::thread> threads;
-  std::atomic<int> done{0};
-  std::mutex m;
-  std::condition_variable cv;
-  for (int t = 0; t < kThreads; ++t)
-    threads.emplace_back([&, t] {
-      body(t);
-      std::lock_guard<std::mutex> lock(m);
-      ++done;
-      cv.notify_all();
-    });
-  {
-    std::unique_lock<std::mutex> lock(m);
-    if (!cv.wait_for(lock, limit, [&] { return done.load() == kThreads; })) {
-      std::fprintf(stderr, "test_concurrency: %d of %d threads still running after %llds: deadlock\n",
-                   kThreads - done.load(), kThreads, (long long)limit.count());
-      std::abort();
-    }
-  }
-  for (auto& th : threads) th.join();
+  bt::run_threads(kThreads, body, limit, "test_concurrency");
 }
 
-// A reusable barrier for kThreads threads (C++17 has none).
-class Barrier {
- public:
-  explicit Barrier(int n) : n_(n) {}
-  void wait() {
-    std::unique_lock<std::mutex> lock(m_);
-    const uint64_t gen = gen_;
-    if (++arrived_ == n_) {
-      arrived_ = 0;
-      ++gen_;
-      cv_.notify_all();
-      return;
-    }
-    cv_.wait(lock, [&] { return gen_ != gen; });
-  }
-
- private:
-  std::mutex m_;
-  std::condition_variable cv_;
-  int n_, arrived_ = 0;
-  uint64_t gen_ = 0;
-};
+using bt::Barrier;
 
 // Collects failures from any thread.
 class Failures {
@@ -109,7 +70,14 @@ class Failures {
 
 // ---- one operation, with raw calls on a given handle and stream ----------------------------
 
-enum class Kind { kTrain, kTrainCumulative, kInference, kScaleShift, kBackward, kBackwardRecompute, kFrozen };
+enum class Kind {
+  kTrain, kTrainCumulative, kInference, kScaleShift, kBackward, kBackwardRecompute, kFrozen,
+  // The fused epilogues (config.epilogue, residual, relu_mask, residual_grad)
+  // and the folding of BN into a linear layer.
+  kTrainAddRelu, kInferenceAddRelu, kBackwardAddRelu, kBackwardRecomputeRelu, kFrozenAddRelu,
+  kFold
+};
+constexpr int64_t kFoldIn = 6;  // in_features of the folded layer
 
 const char* kind_name(Kind k) {
   switch (k) {
@@ -120,6 +88,12 @@ const char* kind_name(Kind k) {
     case Kind::kBackward: return "backward";
     case Kind::kBackwardRecompute: return "backward (recomputed statistics)";
     case Kind::kFrozen: return "frozen backward";
+    case Kind::kTrainAddRelu: return "forward training + add + ReLU";
+    case Kind::kInferenceAddRelu: return "forward inference + add + ReLU (with mask)";
+    case Kind::kBackwardAddRelu: return "backward through add + ReLU";
+    case Kind::kBackwardRecomputeRelu: return "backward through ReLU (recomputed statistics)";
+    case Kind::kFrozenAddRelu: return "frozen backward through add + ReLU";
+    case Kind::kFold: return "fold into a linear layer";
   }
   return "?";
 }
@@ -135,8 +109,8 @@ struct Job {
 
 // Inputs of a job, made once (deterministic).
 struct Inputs {
-  std::vector<uint8_t> x, dy;
-  std::vector<float> gamma, beta, rm, rv, mean, rstd;
+  std::vector<uint8_t> x, dy, z, mask;
+  std::vector<float> gamma, beta, rm, rv, mean, rstd, weight, bias;
 };
 
 std::vector<float> floats(size_t n, uint64_t seed, double lo, double hi) {
@@ -155,6 +129,12 @@ Inputs make_inputs(const Job& j, uint64_t seed) {
   in.rv = floats(c, seed + 5, 0.5, 2.0);
   in.mean = floats(c, seed + 6, -3.0, 3.0);
   in.rstd = floats(c, seed + 7, 0.3, 2.0);
+  in.z = bt::encode(bt::random_activations(j.k, seed + 8, -1.0, 1.0), j.k.dtype);
+  // A ReLU mask for the backward calls: bits of a fixed pattern.
+  in.mask.resize(size_t((j.k.numel() + 31) / 32) * 4);
+  for (size_t i = 0; i < in.mask.size(); ++i) in.mask[i] = uint8_t((seed + i) * 0x9e3779b9u >> 24);
+  in.weight = floats(c * size_t(kFoldIn), seed + 9, -1.0, 1.0);
+  in.bias = floats(c, seed + 10, -1.0, 1.0);
   return in;
 }
 
@@ -213,11 +193,17 @@ Outcome run_job(const Job& j, const Inputs& in, bnormHandle_t h, cudaStream_t s)
   const size_t c = size_t(j.k.s.c), cb = c * sizeof(float), tb = in.x.size();
   size_t ws_bytes = 0;
   bnormStatus_t q = BNORM_STATUS_SUCCESS;
-  if (j.kind == Kind::kTrain || j.kind == Kind::kTrainCumulative)
+  const bool train = j.kind == Kind::kTrain || j.kind == Kind::kTrainCumulative ||
+                     j.kind == Kind::kTrainAddRelu;
+  const bool full_backward = j.kind == Kind::kBackward || j.kind == Kind::kBackwardRecompute ||
+                             j.kind == Kind::kBackwardAddRelu ||
+                             j.kind == Kind::kBackwardRecomputeRelu;
+  const bool frozen = j.kind == Kind::kFrozen || j.kind == Kind::kFrozenAddRelu;
+  if (train)
     q = bnormGetForwardTrainingWorkspaceSize(h, &d, &cfg, &ws_bytes);
-  else if (j.kind == Kind::kBackward || j.kind == Kind::kBackwardRecompute)
+  else if (full_backward)
     q = bnormGetBackwardWorkspaceSize(h, &d, &cfg, &ws_bytes);
-  else if (j.kind == Kind::kFrozen)
+  else if (frozen)
     q = bnormGetBackwardFrozenWorkspaceSize(h, &d, &cfg, &ws_bytes);
   if (q != BNORM_STATUS_SUCCESS) {
     o.status = q;
@@ -228,7 +214,35 @@ Outcome run_job(const Job& j, const Inputs& in, bnormHandle_t h, cudaStream_t s)
   Buf gamma(cb, s, &o.error), beta(cb, s, &o.error), rm(cb, s, &o.error), rv(cb, s, &o.error);
   Buf mean(cb, s, &o.error), rstd(cb, s, &o.error), o1(cb, s, &o.error), o2(cb, s, &o.error);
   Buf ws(ws_bytes, s, &o.error), step(sizeof(int64_t), s, &o.error);
+  Buf z(tb, s, &o.error), dz(tb, s, &o.error), mask(in.mask.size(), s, &o.error);
+  Buf weight(in.weight.size() * sizeof(float), s, &o.error), bias(cb, s, &o.error);
   x.put(in.x);
+  z.put(in.z);
+  weight.put(in.weight);
+  bias.put(in.bias);
+  // The mask is an input of the backward calls, an output of the forward ones.
+  if (full_backward || frozen)
+    mask.put(in.mask);
+  else
+    mask.poison();
+  dz.poison();
+  switch (j.kind) {
+    case Kind::kTrainAddRelu:
+    case Kind::kInferenceAddRelu:
+    case Kind::kBackwardAddRelu:
+    case Kind::kFrozenAddRelu:
+      cfg.epilogue = BNORM_EPILOGUE_ADD_RELU;
+      break;
+    case Kind::kBackwardRecomputeRelu:
+      cfg.epilogue = BNORM_EPILOGUE_RELU;
+      break;
+    default:
+      break;
+  }
+  cfg.residual = z.get();
+  cfg.residual_grad = dz.get();
+  cfg.relu_mask = mask.get();
+  cfg.relu_mask_bytes = in.mask.size();
   dy.put(in.dy);
   gamma.put(in.gamma);
   beta.put(in.beta);
@@ -244,11 +258,13 @@ Outcome run_job(const Job& j, const Inputs& in, bnormHandle_t h, cudaStream_t s)
   switch (j.kind) {
     case Kind::kTrain:
     case Kind::kTrainCumulative:
+    case Kind::kTrainAddRelu:
       o.status = bnormForwardTraining(h, s, &d, &cfg, x.get(), out.get(), gamma.f(), beta.f(),
                                       rm.f(), rv.f(), static_cast<int64_t*>(step.get()), o1.f(),
                                       o2.f(), ws.get(), ws_bytes);
       break;
     case Kind::kInference:
+    case Kind::kInferenceAddRelu:
       o.status = bnormForwardInference(h, s, &d, &cfg, x.get(), out.get(), gamma.f(), beta.f(),
                                        rm.f(), rv.f());
       break;
@@ -257,23 +273,33 @@ Outcome run_job(const Job& j, const Inputs& in, bnormHandle_t h, cudaStream_t s)
                                              rv.f(), o1.f(), o2.f());
       break;
     case Kind::kBackward:
-    case Kind::kBackwardRecompute: {
-      const bool saved = j.kind == Kind::kBackward;
+    case Kind::kBackwardRecompute:
+    case Kind::kBackwardAddRelu:
+    case Kind::kBackwardRecomputeRelu: {
+      const bool saved = j.kind == Kind::kBackward || j.kind == Kind::kBackwardAddRelu;
       o.status = bnormBackward(h, s, &d, &cfg, x.get(), dy.get(), out.get(), gamma.f(),
                                saved ? mean.f() : nullptr, saved ? rstd.f() : nullptr, o1.f(),
                                o2.f(), ws.get(), ws_bytes);
       break;
     }
     case Kind::kFrozen:
+    case Kind::kFrozenAddRelu:
       o.status = bnormBackwardFrozen(h, s, &d, &cfg, x.get(), dy.get(), out.get(), gamma.f(),
                                      rm.f(), rv.f(), o1.f(), o2.f(), ws.get(), ws_bytes);
       break;
+    case Kind::kFold:  // weight in place, bias_out = o1
+      o.status = bnormFoldIntoLinear(h, s, j.k.s.c, kFoldIn, &cfg, gamma.f(), beta.f(), rm.f(),
+                                     rv.f(), weight.f(), bias.f(), o1.f());
+      break;
   }
   o.message = bnormGetLastErrorMessage();
-  if (j.kind != Kind::kScaleShift) out.append_to(o.bytes);
+  if (j.kind != Kind::kScaleShift && j.kind != Kind::kFold) out.append_to(o.bytes);
   o1.append_to(o.bytes);
   o2.append_to(o.bytes);
-  if (j.kind == Kind::kTrain || j.kind == Kind::kTrainCumulative) {
+  if (j.kind == Kind::kFold) weight.append_to(o.bytes);
+  if (j.kind == Kind::kTrainAddRelu || j.kind == Kind::kInferenceAddRelu) mask.append_to(o.bytes);
+  if (j.kind == Kind::kBackwardAddRelu || j.kind == Kind::kFrozenAddRelu) dz.append_to(o.bytes);
+  if (train) {
     rm.append_to(o.bytes);
     rv.append_to(o.bytes);
     step.append_to(o.bytes);
@@ -291,11 +317,20 @@ std::vector<Job> jobs() {
   };
   for (const Case& k : cases)
     for (Kind kind : {Kind::kTrain, Kind::kTrainCumulative, Kind::kInference, Kind::kScaleShift,
-                      Kind::kBackward, Kind::kBackwardRecompute, Kind::kFrozen})
+                      Kind::kBackward, Kind::kBackwardRecompute, Kind::kFrozen,
+                      Kind::kTrainAddRelu, Kind::kInferenceAddRelu, Kind::kBackwardAddRelu,
+                      Kind::kBackwardRecomputeRelu, Kind::kFrozenAddRelu, Kind::kFold})
       out.push_back({k, kind, k.numel() < 100 ? BNORM_PATH_AUTO : BNORM_PATH_MULTI_PASS});
   // One forced single-block run of a larger case too.
   out.push_back({cases[2], Kind::kTrain, BNORM_PATH_SINGLE_BLOCK});
   out.push_back({cases[2], Kind::kBackward, BNORM_PATH_SINGLE_BLOCK});
+  // And the persistent (cooperative) kernels, whose grid-wide barrier runs
+  // on threads of their own while the other jobs run.
+  for (const Case& k : {cases[1], cases[2]})
+    for (Kind kind : {Kind::kTrain, Kind::kTrainCumulative, Kind::kBackward})
+      out.push_back({k, kind, BNORM_PATH_PERSISTENT});
+  out.push_back({cases[2], Kind::kTrainAddRelu, BNORM_PATH_SINGLE_BLOCK});
+  out.push_back({cases[2], Kind::kBackwardAddRelu, BNORM_PATH_SINGLE_BLOCK});
   return out;
 }
 
@@ -328,9 +363,9 @@ TEST(Concurrency, EveryOperationFromManyThreadsMatchesTheSerialRun) {
       ASSERT_EQ(serial.back().message, "") << js[i].name();
     }
   }
-  // The serial results are right: y of each training job against the reference.
+  // The serial results are right: y of each training job (plain, and with add + ReLU) against the reference.
   for (size_t i = 0; i < js.size(); ++i) {
-    if (js[i].kind != Kind::kTrain) continue;
+    if (js[i].kind != Kind::kTrain && js[i].kind != Kind::kTrainAddRelu) continue;
     const Case& k = js[i].k;
     const std::vector<double> x = bt::decode(inputs[i].x, k.dtype);
     std::vector<double> want(x.size());
@@ -339,6 +374,10 @@ TEST(Concurrency, EveryOperationFromManyThreadsMatchesTheSerialRun) {
     const bnref_shape sh = k.ref();
     bnref_forward_training(&sh, x.data(), g.data(), b.data(), 1e-5, want.data(), nullptr, nullptr,
                            nullptr);
+    if (js[i].kind == Kind::kTrainAddRelu) {
+      const std::vector<double> z = bt::decode(inputs[i].z, k.dtype);
+      bnref_add_relu(int64_t(want.size()), want.data(), z.data(), want.data(), nullptr);
+    }
     const std::vector<uint8_t> y(serial[i].bytes.begin(), serial[i].bytes.begin() + long(inputs[i].x.size()));
     EXPECT_TRUE(bt::all_close(bt::decode(y, k.dtype), want, bt::output_tolerance(k.dtype), "y"))
         << js[i].name();

@@ -67,51 +67,69 @@ class Determinism : public ::testing::TestWithParam<Case> {
   void TearDown() override { set_schedule(0); }
 };
 
+// Every kernel path (bnormPath_t), each against its own first run.
 TEST_P(Determinism, ForwardTrainingIsBitwiseRepeatable) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
   bt::TrainRequest r;
   r.x = bt::random_activations(k, 1);
   r.p = bt::random_params(k.s.c, 2);
   r.running_mean = bt::random_floats(size_t(k.s.c), 3, -1.0, 1.0);
   r.running_var = bt::random_floats(size_t(k.s.c), 4, 0.5, 2.0);
-  std::vector<uint8_t> first;
-  for (int run = 0; run < kRuns; ++run) {
-    set_schedule(run);
-    const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
-    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-    ASSERT_TRUE(all_finite(got.y, got.saved_rstd));
-    const std::vector<uint8_t> b =
-        bytes_of(got.y, got.saved_mean, got.saved_rstd, got.running_mean, got.running_var);
-    if (run == 0)
-      first = b;
-    else
-      ASSERT_TRUE(b == first) << "run " << run << " differs from run 0";
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
+    cfg.path = path;
+    std::vector<uint8_t> first;
+    for (int run = 0; run < kRuns; ++run) {
+      set_schedule(run);
+      const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
+      ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+      ASSERT_TRUE(all_finite(got.y, got.saved_rstd));
+      const std::vector<uint8_t> b =
+          bytes_of(got.y, got.saved_mean, got.saved_rstd, got.running_mean, got.running_var);
+      if (run == 0)
+        first = b;
+      else
+        ASSERT_TRUE(b == first) << "run " << run << " differs from run 0";
+    }
   }
 }
 
+// Every kernel path, with the statistics recomputed (the statistics and the
+// gradient kernels both run) and with saved ones (the persistent kernel's
+// case).
 TEST_P(Determinism, BackwardIsBitwiseRepeatable) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
-  bt::BackwardRequest r;
-  r.x = bt::random_activations(k, 5);
-  r.dy = bt::random_activations(k, 6, -0.5, 0.5);
-  r.gamma = bt::random_params(k.s.c, 7).gamma;  // saved statistics recomputed: both paths run
-  std::vector<uint8_t> first;
-  for (int run = 0; run < kRuns; ++run) {
-    set_schedule(run);
-    const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
-    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-    ASSERT_TRUE(all_finite(got.dx, got.dgamma));
-    const std::vector<uint8_t> b = bytes_of(got.dx, got.dgamma, got.dbeta, {}, {});
-    if (run == 0)
-      first = b;
-    else
-      ASSERT_TRUE(b == first) << "run " << run << " differs from run 0";
+  for (bnormPath_t path : bt::all_paths()) {
+    for (bool saved : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << bt::path_name(path) << (saved ? " saved" : " recomputed"));
+      bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
+      cfg.path = path;
+      bt::BackwardRequest r;
+      r.x = bt::random_activations(k, 5);
+      r.dy = bt::random_activations(k, 6, -0.5, 0.5);
+      r.gamma = bt::random_params(k.s.c, 7).gamma;
+      if (saved) {
+        r.mean = bt::random_floats(size_t(k.s.c), 8, -1.0, 1.0);
+        r.stat = bt::random_floats(size_t(k.s.c), 9, 0.5, 2.0);
+      }
+      std::vector<uint8_t> first;
+      for (int run = 0; run < kRuns; ++run) {
+        set_schedule(run);
+        const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
+        ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+        ASSERT_TRUE(all_finite(got.dx, got.dgamma));
+        const std::vector<uint8_t> b = bytes_of(got.dx, got.dgamma, got.dbeta, {}, {});
+        if (run == 0)
+          first = b;
+        else
+          ASSERT_TRUE(b == first) << "run " << run << " differs from run 0";
+      }
+    }
   }
 }
 

@@ -170,19 +170,101 @@ TEST_P(Fused, FrozenBackwardMasksTheGradient) {
   bt::BackwardRequest masked = r;
   for (size_t i = 0; i < masked.dy.size(); ++i)
     if (!bit(r.mask, i)) masked.dy[i] = 0.0;
-  const bnormConfig_t cfg = fused_config(fp.epilogue, BNORM_PATH_AUTO);
-  const bt::BackwardResult got = bt::backward(h, k, cfg, r, true);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   const bt::RefBackward want = bt::ref_backward(k, BNORM_CONFIG_INITIALIZER, masked, true);
-  bt::Tolerance tol = bt::output_tolerance(k.dtype);
-  tol.atol *= 4.0 * std::max(1.0, want.dx_scale);
-  EXPECT_TRUE(bt::all_close(got.dx, want.dx, tol, "dx"));
-  if (fp.epilogue == BNORM_EPILOGUE_ADD_RELU) {
-    for (size_t i = 0; i < got.dz.size(); ++i) ASSERT_EQ(got.dz[i], masked.dy[i]) << i;
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    const bnormConfig_t cfg = fused_config(fp.epilogue, path);
+    const bt::BackwardResult got = bt::backward(h, k, cfg, r, true);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    bt::Tolerance tol = bt::output_tolerance(k.dtype);
+    tol.atol *= 4.0 * std::max(1.0, want.dx_scale);
+    EXPECT_TRUE(bt::all_close(got.dx, want.dx, tol, "dx"));
+    ASSERT_EQ(got.dbeta.size(), want.dbeta.size());
+    ASSERT_EQ(got.dgamma.size(), want.dgamma.size());
+    for (size_t ch = 0; ch < want.dbeta.size(); ++ch) {
+      EXPECT_NEAR(got.dbeta[ch], want.dbeta[ch], 1e-5 * want.abs_dbeta[ch] + 1e-6) << "channel " << ch;
+      EXPECT_NEAR(got.dgamma[ch], want.dgamma[ch], 1e-5 * want.abs_dgamma[ch] + 1e-6)
+          << "channel " << ch;
+    }
+    if (fp.epilogue == BNORM_EPILOGUE_ADD_RELU) {
+      ASSERT_EQ(got.dz.size(), masked.dy.size());
+      for (size_t i = 0; i < got.dz.size(); ++i) ASSERT_EQ(got.dz[i], masked.dy[i]) << i;
+    }
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Standard, Fused, ::testing::ValuesIn(fused_cases()), fused_name);
+
+// The backward with the epilogue and no saved statistics (saved_mean and
+// saved_rstd NULL: recomputed from x): the mask of the training forward,
+// then dz, dx, dgamma and dbeta against the reference fed the masked dy,
+// with the exact batch statistics of x. Every layout and dtype, odd shapes,
+// every path.
+std::vector<FusedParam> recompute_cases() {
+  std::vector<FusedParam> out;
+  for (bt::Shape s : {bt::Shape{5, 37, 13}, bt::Shape{1, 33, 2}, bt::Shape{4, 3, 1500}})
+    for (bnormLayout_t l : {BNORM_LAYOUT_NCHW, BNORM_LAYOUT_NHWC})
+      for (bnormDataType_t t : {BNORM_DATA_FLOAT, BNORM_DATA_HALF, BNORM_DATA_BFLOAT16})
+        for (bnormEpilogue_t e : {BNORM_EPILOGUE_RELU, BNORM_EPILOGUE_ADD_RELU})
+          out.push_back({Case{s, l, t}, e});
+  return out;
+}
+
+class FusedRecompute : public ::testing::TestWithParam<FusedParam> {};
+
+TEST_P(FusedRecompute, BackwardWithoutSavedStatisticsMatchesReference) {
+  BT_REQUIRE_DEVICE();
+  const FusedParam fp = GetParam();
+  const Case& k = fp.k;
+  bt::Handle h;
+  bt::TrainRequest t;
+  t.x = bt::random_activations(k, 6100 + uint64_t(k.numel()));
+  t.p = bt::random_params(k.s.c, 6150);
+  t.save_stats = false;
+  if (fp.epilogue == BNORM_EPILOGUE_ADD_RELU)
+    t.z = bt::random_activations(k, 6200 + uint64_t(k.numel()), -1.0, 1.0);
+  const bnormConfig_t fwd = fused_config(fp.epilogue, BNORM_PATH_AUTO);
+  const bt::TrainResult f = bt::forward_training(h, k, fwd, t);
+  ASSERT_EQ(f.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+  const RefFused ref_y = ref_fused(k, fwd, t);
+  EXPECT_TRUE(mask_matches(f.mask, ref_y, bt::output_tolerance(k.dtype)));
+
+  bt::BackwardRequest r;
+  r.x = t.x;
+  r.dy = bt::random_activations(k, 6300, -0.5, 0.5, 0.5, 1.5);
+  r.gamma = t.p.gamma;
+  r.mask = f.mask;  // r.mean and r.stat empty: NULL, recomputed
+  bt::BackwardRequest masked = r;
+  for (size_t i = 0; i < masked.dy.size(); ++i)
+    if (!bit(f.mask, i)) masked.dy[i] = 0.0;
+  const bt::RefBackward want = bt::ref_backward(k, BNORM_CONFIG_INITIALIZER, masked, false);
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    const bnormConfig_t cfg = fused_config(fp.epilogue, path);
+    const bt::BackwardResult got = bt::backward(h, k, cfg, r, false);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    bt::Tolerance tol = bt::output_tolerance(k.dtype);
+    tol.atol *= 4.0 * std::max(1.0, want.dx_scale);
+    EXPECT_TRUE(bt::all_close(got.dx, want.dx, tol, "dx"));
+    ASSERT_EQ(got.dbeta.size(), want.dbeta.size());
+    ASSERT_EQ(got.dgamma.size(), want.dgamma.size());
+    for (size_t ch = 0; ch < want.dbeta.size(); ++ch) {
+      EXPECT_NEAR(got.dbeta[ch], want.dbeta[ch], 1e-5 * want.abs_dbeta[ch] + 1e-6) << "channel " << ch;
+      EXPECT_NEAR(got.dgamma[ch], want.dgamma[ch], 1e-5 * want.abs_dgamma[ch] + 1e-6)
+          << "channel " << ch;
+    }
+    if (fp.epilogue == BNORM_EPILOGUE_ADD_RELU) {
+      ASSERT_EQ(got.dz.size(), masked.dy.size());
+      for (size_t i = 0; i < got.dz.size(); ++i)
+        ASSERT_EQ(got.dz[i], masked.dy[i]) << "dz is the masked dy, element " << i;
+    } else {
+      EXPECT_TRUE(got.dz.empty());
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(OddShapes, FusedRecompute, ::testing::ValuesIn(recompute_cases()),
+                         fused_name);
 
 // In place: y over the residual (forward), dz over dy (backward), bitwise
 // the same results as separate buffers.
@@ -430,7 +512,134 @@ TEST_P(FusedErrors, MissingOrShortEpilogueArgumentsWriteNothing) {
   for (uint8_t byte : dzb.download()) ASSERT_EQ(byte, 0xff) << "dz was written by a failed call";
 }
 
+// Inference and the frozen backward: ADD_RELU without z, a given mask too
+// short (inference), no mask and ADD_RELU without dz (frozen backward). Each
+// gives the documented status with a message naming the argument, and every
+// output, the mask and the running statistics keep their bytes.
+TEST_P(FusedErrors, InferenceAndFrozenBackwardArgumentsWriteNothing) {
+  BT_REQUIRE_DEVICE();
+  const Case k{{3, 5, 7}, BNORM_LAYOUT_NCHW, GetParam()};
+  const bnormTensorDesc_t d = k.desc();
+  bt::Handle h;
+  const std::vector<double> x = bt::random_activations(k, 81);
+  bt::DeviceBuffer xb = bt::upload_tensor(x, k.dtype), zb = bt::upload_tensor(x, k.dtype);
+  bt::DeviceBuffer dyb = bt::upload_tensor(bt::random_activations(k, 82, -0.5, 0.5), k.dtype);
+  bt::DeviceBuffer yb(xb.bytes()), dxb(xb.bytes()), dzb(xb.bytes());
+  bt::DeviceBuffer rm = bt::upload_floats(std::vector<double>(5, 0.5));
+  bt::DeviceBuffer rv = bt::upload_floats(std::vector<double>(5, 2.0));
+  bt::DeviceBuffer g = bt::upload_floats(std::vector<double>(5, 1.5));
+  bt::DeviceBuffer dg(5 * 4), db(5 * 4);
+  size_t ws_bytes = 0, mask_bytes = 0;
+  BT_OK(bnormGetBackwardFrozenWorkspaceSize(h, &d, nullptr, &ws_bytes));
+  BT_OK(bnormGetReluMaskSize(h, &d, &mask_bytes));
+  bt::DeviceBuffer ws(ws_bytes ? ws_bytes : 16), mask(mask_bytes);
+  yb.poison();
+  dxb.poison();
+  dzb.poison();
+  dg.poison();
+  db.poison();
+  // The mask a backward would read: a pattern, not the poison.
+  std::vector<uint8_t> pattern(mask_bytes);
+  for (size_t i = 0; i < pattern.size(); ++i) pattern[i] = uint8_t(0x5a ^ (i * 37));
+  mask.upload(pattern);
+  const bt::DeviceBuffer* watched[] = {&xb, &zb, &dyb, &yb, &dxb, &dzb, &rm, &rv, &g, &dg, &db, &mask};
+  const char* names[] = {"x", "z", "dy", "y", "dx", "dz", "running_mean", "running_var",
+                         "gamma", "dgamma", "dbeta", "mask"};
+  std::vector<std::vector<uint8_t>> before;
+  for (const bt::DeviceBuffer* b : watched) before.push_back(b->download());
+
+  struct Bad {
+    const char* what;
+    bool frozen;
+    bnormEpilogue_t e;
+    bool z, m, dz;
+    size_t mbytes;
+    bnormStatus_t status;
+    const char* names;
+  };
+  const Bad bad[] = {
+      {"inference ADD_RELU without z", false, BNORM_EPILOGUE_ADD_RELU, false, false, false, 0,
+       BNORM_STATUS_NULL_POINTER, "config->residual"},
+      {"inference ADD_RELU without z, with a mask", false, BNORM_EPILOGUE_ADD_RELU, false, true,
+       false, mask_bytes, BNORM_STATUS_NULL_POINTER, "config->residual"},
+      {"inference RELU, mask one word short", false, BNORM_EPILOGUE_RELU, false, true, false,
+       mask_bytes - 4, BNORM_STATUS_WORKSPACE_TOO_SMALL, "config->relu_mask_bytes"},
+      {"inference ADD_RELU, mask of 0 bytes", false, BNORM_EPILOGUE_ADD_RELU, true, true, false, 0,
+       BNORM_STATUS_WORKSPACE_TOO_SMALL, "config->relu_mask_bytes"},
+      {"frozen RELU without mask", true, BNORM_EPILOGUE_RELU, false, false, false, mask_bytes,
+       BNORM_STATUS_NULL_POINTER, "config->relu_mask"},
+      {"frozen ADD_RELU without mask", true, BNORM_EPILOGUE_ADD_RELU, false, false, true,
+       mask_bytes, BNORM_STATUS_NULL_POINTER, "config->relu_mask"},
+      {"frozen ADD_RELU without dz", true, BNORM_EPILOGUE_ADD_RELU, false, true, false, mask_bytes,
+       BNORM_STATUS_NULL_POINTER, "config->residual_grad"},
+      {"frozen RELU, mask one word short", true, BNORM_EPILOGUE_RELU, false, true, false,
+       mask_bytes - 4, BNORM_STATUS_WORKSPACE_TOO_SMALL, "config->relu_mask_bytes"},
+  };
+  for (const Bad& b : bad) {
+    SCOPED_TRACE(b.what);
+    bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
+    cfg.epilogue = b.e;
+    cfg.residual = b.z ? zb.get() : nullptr;
+    cfg.relu_mask = b.m ? mask.get() : nullptr;
+    cfg.relu_mask_bytes = b.mbytes;
+    cfg.residual_grad = b.dz ? dzb.get() : nullptr;
+    const bnormStatus_t s =
+        b.frozen ? bnormBackwardFrozen(h, nullptr, &d, &cfg, xb.get(), dyb.get(), dxb.get(), g.f32(),
+                                       rm.f32(), rv.f32(), dg.f32(), db.f32(), ws.get(), ws_bytes)
+                 : bnormForwardInference(h, nullptr, &d, &cfg, xb.get(), yb.get(), g.f32(), nullptr,
+                                         rm.f32(), rv.f32());
+    EXPECT_EQ(s, b.status) << bnormGetLastErrorMessage();
+    const char* msg = bnormGetLastErrorMessage();
+    EXPECT_NE(std::strstr(msg, b.names), nullptr) << msg;
+    EXPECT_NE(std::strstr(msg, b.frozen ? "bnormBackwardFrozen" : "bnormForwardInference"), nullptr)
+        << msg;
+    BT_CUDA(cudaDeviceSynchronize());
+    for (size_t i = 0; i < before.size(); ++i)
+      EXPECT_EQ(watched[i]->download(), before[i]) << names[i] << " was written by a failed call";
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Types, FusedErrors,
                          ::testing::Values(BNORM_DATA_FLOAT, BNORM_DATA_HALF, BNORM_DATA_BFLOAT16));
 
 }  // namespace
+
+// A ReLU alone ignores config->residual and config->residual_grad (they
+// belong to the add): stale pointers left there, even ones that overlap the
+// call's own outputs, change nothing. (They used to enter the overlap check:
+// BAD_ALIASING.)
+TEST(FusedRelu, IgnoresTheAddsPointers) {
+  BT_REQUIRE_DEVICE();
+  bt::Handle h;
+  const Case k{{3, 4, 5}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT};
+  const bnormTensorDesc_t d = k.desc();
+  size_t fws = 0, bws = 0, mask_bytes = 0;
+  ASSERT_EQ(bnormGetForwardTrainingWorkspaceSize(h, &d, nullptr, &fws), BNORM_STATUS_SUCCESS);
+  ASSERT_EQ(bnormGetBackwardFrozenWorkspaceSize(h, &d, nullptr, &bws), BNORM_STATUS_SUCCESS);
+  ASSERT_EQ(bnormGetReluMaskSize(h, &d, &mask_bytes), BNORM_STATUS_SUCCESS);
+  bt::DeviceBuffer x = bt::upload_tensor(bt::random_activations(k, 3), k.dtype);
+  bt::DeviceBuffer dy = bt::upload_tensor(bt::random_activations(k, 4), k.dtype);
+  bt::DeviceBuffer y(x.bytes()), dx(x.bytes()), mask(mask_bytes), ws(std::max(fws, bws));
+  bt::DeviceBuffer rm = bt::upload_floats(std::vector<double>(4, 0.0));
+  bt::DeviceBuffer rv = bt::upload_floats(std::vector<double>(4, 1.0));
+  bt::DeviceBuffer sm(16), sr(16), dg(16), db(16);
+  bnormConfig_t cfg = BNORM_CONFIG_INITIALIZER;
+  cfg.epilogue = BNORM_EPILOGUE_RELU;
+  cfg.relu_mask = mask.get();
+  cfg.relu_mask_bytes = mask_bytes;
+  cfg.residual = sm.get();      // overlaps an output of the forward
+  cfg.residual_grad = dg.get();  // overlaps an output of the backward
+  EXPECT_EQ(bnormForwardTraining(h, nullptr, &d, &cfg, x.get(), y.get(), nullptr, nullptr, rm.f32(),
+                                 rv.f32(), nullptr, sm.f32(), sr.f32(), ws.get(), fws),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(bnormForwardInference(h, nullptr, &d, &cfg, x.get(), y.get(), nullptr, nullptr,
+                                  rm.f32(), rv.f32()),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(bnormBackwardFrozen(h, nullptr, &d, &cfg, x.get(), dy.get(), dx.get(), nullptr,
+                                rm.f32(), rv.f32(), dg.f32(), db.f32(), ws.get(), bws),
+            BNORM_STATUS_SUCCESS)
+      << bnormGetLastErrorMessage();
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}

@@ -13,9 +13,10 @@ namespace {
 
 using bt::Case;
 
-bnormConfig_t config(double eps) {
+bnormConfig_t config(double eps, bnormPath_t path = BNORM_PATH_AUTO) {
   bnormConfig_t c = BNORM_CONFIG_INITIALIZER;
   c.eps = eps;
+  c.path = path;
   return c;
 }
 
@@ -37,31 +38,35 @@ class LargeMean : public ::testing::TestWithParam<Case> {};
 
 // The lecture's warning: add a very large number to a variable. With mean
 // 1e6 and std 1, E[x^2] - E[x]^2 in fp32 loses every digit of the variance.
+// Every kernel path keeps the pivot.
 TEST_P(LargeMean, VarianceStaysAccurate) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-5);
   bt::TrainRequest r;
   r.x = gaussian(k, 3, std::vector<double>(size_t(k.s.c), 1e6), std::vector<double>(size_t(k.s.c), 1.0));
   r.running_mean.assign(size_t(k.s.c), 0.0);
   r.running_var.assign(size_t(k.s.c), 1.0);
-  const bt::TrainResult got = bt::forward_training(h, k, config(1e-5), r);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const bt::RefTrain want = bt::ref_forward_training(k, cfg, r);
-  const double m = double(k.m());
-  for (size_t ch = 0; ch < size_t(k.s.c); ++ch) {
-    // Variance recovered from rstd and from the running (unbiased) variance
-    // with factor 0.1: both must be within 1e-3 relative.
-    const double var = 1.0 / (double(got.saved_rstd[ch]) * got.saved_rstd[ch]) - cfg.eps;
-    const double rel = std::fabs(var - want.var[ch]) / want.var[ch];
-    EXPECT_LE(rel, 1e-3) << "channel " << ch << ": variance " << var << " vs " << want.var[ch];
-    const double unbiased = (got.running_var[ch] - 0.9) / 0.1 * (m - 1.0) / m;
-    EXPECT_LE(std::fabs(unbiased - want.var[ch]) / want.var[ch], 1e-3) << "running_var";
-    EXPECT_NEAR(got.saved_mean[ch], want.mean[ch], 0.07);  // half an fp32 ulp at 1e6 is 0.03
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    const bnormConfig_t cfg = config(1e-5, path);
+    const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const bt::RefTrain want = bt::ref_forward_training(k, cfg, r);
+    const double m = double(k.m());
+    for (size_t ch = 0; ch < size_t(k.s.c); ++ch) {
+      // Variance recovered from rstd and from the running (unbiased) variance
+      // with factor 0.1: both must be within 1e-3 relative.
+      const double var = 1.0 / (double(got.saved_rstd[ch]) * got.saved_rstd[ch]) - cfg.eps;
+      const double rel = std::fabs(var - want.var[ch]) / want.var[ch];
+      EXPECT_LE(rel, 1e-3) << "channel " << ch << ": variance " << var << " vs " << want.var[ch];
+      const double unbiased = (got.running_var[ch] - 0.9) / 0.1 * (m - 1.0) / m;
+      EXPECT_LE(std::fabs(unbiased - want.var[ch]) / want.var[ch], 1e-3) << "running_var";
+      EXPECT_NEAR(got.saved_mean[ch], want.mean[ch], 0.07);  // half an fp32 ulp at 1e6 is 0.03
+    }
+    // The normalize pass keeps the pivot too: y is accurate, not just finite.
+    EXPECT_TRUE(bt::all_close(got.y, want.y, {1e-3, 1e-3}, "y"));
   }
-  // The normalize pass keeps the pivot too: y is accurate, not just finite.
-  EXPECT_TRUE(bt::all_close(got.y, want.y, {1e-3, 1e-3}, "y"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Fp32, LargeMean,
@@ -73,11 +78,11 @@ INSTANTIATE_TEST_SUITE_P(Fp32, LargeMean,
 
 class ConstantChannels : public ::testing::TestWithParam<Case> {};
 
+// On every kernel path: y = scale * (x - pivot) + shift with x == pivot.
 TEST_P(ConstantChannels, GiveExactlyBetaNeverNaN) {
   BT_REQUIRE_DEVICE();
   const Case k = GetParam();
   bt::Handle h;
-  const bnormConfig_t cfg = config(1e-5);
   const std::vector<double> values = {0.1, -3.0, 1e4, 0.0, 2.5, 7.0};
   std::vector<double> mean(size_t(k.s.c)), sd(size_t(k.s.c), 0.0);
   for (size_t ch = 0; ch < mean.size(); ++ch) mean[ch] = values[ch % values.size()];
@@ -86,20 +91,23 @@ TEST_P(ConstantChannels, GiveExactlyBetaNeverNaN) {
   r.p = bt::random_params(k.s.c, 2);
   r.running_mean.assign(size_t(k.s.c), 0.0);
   r.running_var.assign(size_t(k.s.c), 1.0);
-  const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
-  ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
-  const std::vector<double> beta = bt::round_to(r.p.beta, k.dtype);
-  const bnref_shape sh = k.ref();
-  for (int64_t i = 0; i < k.s.n; ++i)
-    for (int64_t ch = 0; ch < k.s.c; ++ch)
-      for (int64_t s = 0; s < k.s.spatial; ++s)
-        ASSERT_EQ(got.y[size_t(bnref_offset(&sh, i, ch, s))], beta[size_t(ch)])
-            << "sample " << i << " channel " << ch << " position " << s;
-  const std::vector<double> x0 = bt::round_to(mean, k.dtype);
-  for (size_t ch = 0; ch < size_t(k.s.c); ++ch) {
-    EXPECT_EQ(got.saved_mean[ch], float(x0[ch]));
-    EXPECT_FLOAT_EQ(got.saved_rstd[ch], float(1.0 / std::sqrt(1e-5)));
-    EXPECT_FLOAT_EQ(got.running_var[ch], 0.9f);  // 0.9 * 1 + 0.1 * 0
+  for (bnormPath_t path : bt::all_paths()) {
+    SCOPED_TRACE(bt::path_name(path));
+    const bt::TrainResult got = bt::forward_training(h, k, config(1e-5, path), r);
+    ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
+    const std::vector<double> beta = bt::round_to(r.p.beta, k.dtype);
+    const bnref_shape sh = k.ref();
+    for (int64_t i = 0; i < k.s.n; ++i)
+      for (int64_t ch = 0; ch < k.s.c; ++ch)
+        for (int64_t s = 0; s < k.s.spatial; ++s)
+          ASSERT_EQ(got.y[size_t(bnref_offset(&sh, i, ch, s))], beta[size_t(ch)])
+              << "sample " << i << " channel " << ch << " position " << s;
+    const std::vector<double> x0 = bt::round_to(mean, k.dtype);
+    for (size_t ch = 0; ch < size_t(k.s.c); ++ch) {
+      EXPECT_EQ(got.saved_mean[ch], float(x0[ch]));
+      EXPECT_FLOAT_EQ(got.saved_rstd[ch], float(1.0 / std::sqrt(1e-5)));
+      EXPECT_FLOAT_EQ(got.running_var[ch], 0.9f);  // 0.9 * 1 + 0.1 * 0
+    }
   }
 }
 

@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <string>
 
 #include "harness.h"
 #include "ops.h"
@@ -21,14 +22,16 @@ std::vector<Case> running_cases() {
   return out;
 }
 
-bnormConfig_t exponential(double factor) {
+bnormConfig_t exponential(bnormPath_t path, double factor) {
   bnormConfig_t c = BNORM_CONFIG_INITIALIZER;
+  c.path = path;
   c.exponential_average_factor = factor;
   return c;
 }
 
-bnormConfig_t cumulative() {
+bnormConfig_t cumulative(bnormPath_t path) {
   bnormConfig_t c = BNORM_CONFIG_INITIALIZER;
+  c.path = path;
   c.average = BNORM_AVERAGE_CUMULATIVE;
   c.exponential_average_factor = 0.7;  // must be ignored
   return c;
@@ -43,14 +46,31 @@ bt::TrainRequest tracked(const Case& k, uint64_t seed) {
   return r;
 }
 
-class Running : public ::testing::TestWithParam<Case> {};
+// Every shape on every kernel path (bnormPath_t): each path updates the
+// running statistics and the step counter itself.
+struct RunningParam {
+  Case k;
+  bnormPath_t path;
+};
+
+std::vector<RunningParam> running_params() {
+  std::vector<RunningParam> out;
+  for (const Case& k : running_cases())
+    for (bnormPath_t path : bt::all_paths()) out.push_back({k, path});
+  return out;
+}
+
+class Running : public ::testing::TestWithParam<RunningParam> {
+ protected:
+  bnormPath_t path() const { return GetParam().path; }
+};
 
 TEST_P(Running, FactorZeroLeavesThemBitwiseUnchanged) {
   BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+  const Case k = GetParam().k;
   bt::Handle h;
   const bt::TrainRequest r = tracked(k, 11);
-  const bt::TrainResult got = bt::forward_training(h, k, exponential(0.0), r);
+  const bt::TrainResult got = bt::forward_training(h, k, exponential(path(), 0.0), r);
   ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   for (size_t ch = 0; ch < size_t(k.s.c); ++ch) {
     EXPECT_EQ(got.running_mean[ch], float(r.running_mean[ch])) << "channel " << ch;
@@ -60,12 +80,12 @@ TEST_P(Running, FactorZeroLeavesThemBitwiseUnchanged) {
 
 TEST_P(Running, FactorOneReplacesThemEvenIfNotFinite) {
   BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+  const Case k = GetParam().k;
   bt::Handle h;
   bt::TrainRequest r = tracked(k, 12);
   r.running_mean.assign(size_t(k.s.c), std::numeric_limits<double>::quiet_NaN());
   r.running_var.assign(size_t(k.s.c), std::numeric_limits<double>::infinity());
-  const bt::TrainResult got = bt::forward_training(h, k, exponential(1.0), r);
+  const bt::TrainResult got = bt::forward_training(h, k, exponential(path(), 1.0), r);
   ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   std::vector<double> mean(size_t(k.s.c)), var(size_t(k.s.c));
   const bnref_shape sh = k.ref();
@@ -82,7 +102,7 @@ TEST_P(Running, FactorOneReplacesThemEvenIfNotFinite) {
 
 TEST_P(Running, CumulativeAverageOfKStepsIsTheMeanOfTheBatchStatistics) {
   BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+  const Case k = GetParam().k;
   bt::Handle h;
   const size_t c = size_t(k.s.c);
   const int steps = 5;
@@ -97,7 +117,7 @@ TEST_P(Running, CumulativeAverageOfKStepsIsTheMeanOfTheBatchStatistics) {
     r.running_mean = rm;
     r.running_var = rv;
     r.step = &step;
-    const bt::TrainResult got = bt::forward_training(h, k, cumulative(), r);
+    const bt::TrainResult got = bt::forward_training(h, k, cumulative(path()), r);
     ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
     ASSERT_EQ(step, t + 1) << "the step counter advances once per call";
     rm = bt::to_double(got.running_mean);
@@ -120,18 +140,18 @@ TEST_P(Running, CumulativeAverageOfKStepsIsTheMeanOfTheBatchStatistics) {
 TEST_P(Running, CumulativeResumesFromTheStoredStep) {
   // With t = 3 already taken, the next factor is 1/4.
   BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+  const Case k = GetParam().k;
   bt::Handle h;
   int64_t step = 3;
   bt::TrainRequest r = tracked(k, 21);
   r.step = &step;
-  const bt::TrainResult got = bt::forward_training(h, k, cumulative(), r);
+  const bt::TrainResult got = bt::forward_training(h, k, cumulative(path()), r);
   ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   EXPECT_EQ(step, 4);
   int64_t three = 3;
   bt::TrainRequest before = r;
   before.step = &three;
-  const bt::RefTrain want = bt::ref_forward_training(k, cumulative(), before);
+  const bt::RefTrain want = bt::ref_forward_training(k, cumulative(path()), before);
   EXPECT_TRUE(bt::all_close(bt::to_double(got.running_mean), want.running_mean, {1e-6, 2e-5},
                             "running_mean"));
   EXPECT_TRUE(bt::all_close(bt::to_double(got.running_var), want.running_var, {1e-6, 2e-5},
@@ -140,34 +160,39 @@ TEST_P(Running, CumulativeResumesFromTheStoredStep) {
 
 TEST_P(Running, UntrackedCumulativeLeavesTheStepAlone) {
   BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+  const Case k = GetParam().k;
   bt::Handle h;
   int64_t step = 41;
   bt::TrainRequest r;
   r.x = bt::random_activations(k, 31);
   r.step = &step;
-  const bt::TrainResult got = bt::forward_training(h, k, cumulative(), r);
+  const bt::TrainResult got = bt::forward_training(h, k, cumulative(path()), r);
   ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   EXPECT_EQ(step, 41);
 }
 
 TEST_P(Running, ExponentialIgnoresTheStepCounter) {
   BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+  const Case k = GetParam().k;
   bt::Handle h;
   int64_t step = 9;
   bt::TrainRequest r = tracked(k, 41);
   r.step = &step;
-  const bt::TrainResult got = bt::forward_training(h, k, exponential(0.25), r);
+  const bt::TrainResult got = bt::forward_training(h, k, exponential(path(), 0.25), r);
   ASSERT_EQ(got.status, BNORM_STATUS_SUCCESS) << bnormGetLastErrorMessage();
   EXPECT_EQ(step, 9);
-  const bt::RefTrain want = bt::ref_forward_training(k, exponential(0.25), r);
+  const bt::RefTrain want = bt::ref_forward_training(k, exponential(path(), 0.25), r);
   EXPECT_TRUE(bt::all_close(bt::to_double(got.running_mean), want.running_mean, {1e-6, 2e-5},
                             "running_mean"));
   EXPECT_TRUE(bt::all_close(bt::to_double(got.running_var), want.running_var, {1e-6, 2e-5},
                             "running_var"));
 }
 
-INSTANTIATE_TEST_SUITE_P(Shapes, Running, ::testing::ValuesIn(running_cases()), bt::CaseName());
+std::string running_name(const ::testing::TestParamInfo<RunningParam>& info) {
+  static const char* const kNames[] = {"Auto", "MultiPass", "SingleBlock", "Persistent"};
+  return info.param.k.name() + "_" + kNames[int(info.param.path)];
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, Running, ::testing::ValuesIn(running_params()), running_name);
 
 }  // namespace

@@ -243,7 +243,7 @@ std::vector<double> to_double(const std::vector<float>& v) {
 // ---- kernel paths -----------------------------------------------------------------------------
 
 std::vector<bnormPath_t> all_paths() {
-  return {BNORM_PATH_AUTO, BNORM_PATH_MULTI_PASS, BNORM_PATH_SINGLE_BLOCK};
+  return {BNORM_PATH_AUTO, BNORM_PATH_MULTI_PASS, BNORM_PATH_SINGLE_BLOCK, BNORM_PATH_PERSISTENT};
 }
 
 const char* path_name(bnormPath_t p) {
@@ -251,6 +251,7 @@ const char* path_name(bnormPath_t p) {
     case BNORM_PATH_AUTO: return "path AUTO";
     case BNORM_PATH_MULTI_PASS: return "path MULTI_PASS";
     case BNORM_PATH_SINGLE_BLOCK: return "path SINGLE_BLOCK";
+    case BNORM_PATH_PERSISTENT: return "path PERSISTENT";
   }
   return "path ?";
 }

@@ -120,7 +120,7 @@ std::vector<double> random_floats(size_t n, uint64_t seed, double lo, double hi)
 std::vector<double> to_double(const std::vector<float>& v);
 
 // ---- kernel paths ----------------------------------------------------------------------
-// AUTO, MULTI_PASS, SINGLE_BLOCK: tests run each shape on every path.
+// AUTO, MULTI_PASS, SINGLE_BLOCK, PERSISTENT: tests run each shape on every path.
 std::vector<bnormPath_t> all_paths();
 const char* path_name(bnormPath_t p);
 

@@ -133,6 +133,48 @@ TEST(HugePlans, GridsStayWithinCudaLimitsAndCoverTheTensor) {
   }
 }
 
+// The persistent path is planned only where its grid fits what the device
+// holds resident (blocks per SM x SMs), never for tiny tensors in AUTO,
+// never without cooperative launches, and never overflows on huge extents.
+TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
+  bnormContext ctx = device(132);
+  ctx.cooperative = true;
+  for (int t = 0; t < 3; ++t) ctx.persist_forward_per_sm[t] = 2, ctx.persist_backward_per_sm[t] = 3;
+  using bnorm::host::Pass;
+  // 2^17 x 8 fp16 (the bench's spatial-1 case): 1 M values, 128 blocks of
+  // 8192 forward (<= 264), 256 of 4096 backward (<= 396).
+  const bnormTensorDesc_t fits = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 131072, 8, 1};
+  for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT}) {
+    const bnorm::host::Plan f = make_plan(ctx, fits, path, Pass::Forward);
+    const bnorm::host::Plan b = make_plan(ctx, fits, path, Pass::Backward);
+    EXPECT_TRUE(f.reduce.persistent && b.reduce.persistent) << path;
+    EXPECT_EQ(f.reduce.persist_capacity, 264);
+    EXPECT_EQ(b.reduce.persist_capacity, 396);
+    EXPECT_GE(bnorm::host::forward_workspace_bytes(f), size_t(128) * 8 * 12);
+    EXPECT_GE(bnorm::host::backward_workspace_bytes(b, false), size_t(256) * 8 * 8);
+  }
+  EXPECT_FALSE(make_plan(ctx, fits, BNORM_PATH_MULTI_PASS).reduce.persistent);
+  // ResNet-50's 256 x 64 x 56x56 (51 M values) does not fit: multi-pass.
+  const bnormTensorDesc_t big = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 256, 64, 3136};
+  EXPECT_FALSE(make_plan(ctx, big, BNORM_PATH_AUTO).reduce.persistent);
+  EXPECT_FALSE(make_plan(ctx, big, BNORM_PATH_PERSISTENT).reduce.persistent);
+  // Tiny: the single block in AUTO; persistent only when asked for.
+  const bnormTensorDesc_t tiny = {BNORM_DATA_FLOAT, BNORM_LAYOUT_NCHW, 2, 16, 64};
+  EXPECT_TRUE(make_plan(ctx, tiny, BNORM_PATH_AUTO).reduce.single_block);
+  EXPECT_FALSE(make_plan(ctx, tiny, BNORM_PATH_AUTO).reduce.persistent);
+  EXPECT_TRUE(make_plan(ctx, tiny, BNORM_PATH_PERSISTENT).reduce.persistent);
+  // No cooperative launch, or no occupancy: never.
+  bnormContext plain = ctx;
+  plain.cooperative = false;
+  EXPECT_FALSE(make_plan(plain, fits, BNORM_PATH_PERSISTENT).reduce.persistent);
+  plain = ctx;
+  plain.persist_forward_per_sm[int(bnorm::kernels::DType::F16)] = 0;
+  EXPECT_FALSE(make_plan(plain, fits, BNORM_PATH_PERSISTENT).reduce.persistent);
+  for (const bnormTensorDesc_t& d : huge_descs())
+    for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT})
+      EXPECT_FALSE(make_plan(ctx, d, path, Pass::Backward).reduce.persistent) << str(d);
+}
+
 TEST(HugePlans, TinyPathOnlyForTinyTensors) {
   const bnormContext ctx = device(132);
   // The automatic choice takes the one-block path only for <= 16384

@@ -93,7 +93,9 @@ int main(void) {
   float hx[N * C * S], ones[C] = {1, 1, 1}, zeros[C] = {0, 0, 0};
   float *x, *y, *dx, *gamma, *beta, *rm, *rv, *sm, *sr, *dg, *db;
   void* ws = NULL;
-  size_t fwd_ws = 0, bwd_ws = 0, frz_ws = 0, big;
+  size_t fwd_ws = 0, bwd_ws = 0, frz_ws = 0, big, stats_bytes = 0, grads_bytes = 0, sync_ws = 0;
+  void *sync_buf = NULL, *grads = NULL;
+  bnormStatus_t s_sync;
   bnormHandle_t h = NULL;
   static unsigned long long not_a_handle[64]; /* zeros: no magic */
   int i, count = 0;
@@ -172,6 +174,43 @@ int main(void) {
               bnormBackwardFrozen(h, NULL, &desc, &cfg, x, y, dx, gamma, rm, rv, dg, db, ws,
                                   frz_ws),
               BNORM_STATUS_SUCCESS);
+  /* Synchronized batch norm, one rank: the split phases, the exchange being
+   * the identity (the gathered statistics are the rank's own). */
+  check_range("bnormGetSyncBufferSizes",
+              bnormGetSyncBufferSizes(h, C, &stats_bytes, &grads_bytes), BNORM_STATUS_SUCCESS);
+  CUDA_OK(cudaMalloc(&sync_buf, stats_bytes + grads_bytes));
+  grads = (char*)sync_buf + stats_bytes; /* stats_bytes is a multiple of 16 */
+  check_range("bnormSyncForwardStats",
+              bnormSyncForwardStats(h, NULL, &desc, &cfg, x, sync_buf, ws, fwd_ws),
+              BNORM_STATUS_SUCCESS);
+  check_range("bnormSyncForwardApply",
+              bnormSyncForwardApply(h, NULL, &desc, &cfg, 1, 0, N, sync_buf, x, y, gamma, beta,
+                                    rm, rv, NULL, sm, sr, ws, fwd_ws),
+              BNORM_STATUS_SUCCESS);
+  check_range("bnormSyncBackwardGrads",
+              bnormSyncBackwardGrads(h, NULL, &desc, &cfg, x, y, sm, grads, ws, bwd_ws),
+              BNORM_STATUS_SUCCESS);
+  check_range("bnormSyncBackwardApply",
+              bnormSyncBackwardApply(h, NULL, &desc, &cfg, grads, x, y, dx, gamma, sm, sr, dg, db,
+                                     ws, bwd_ws),
+              BNORM_STATUS_SUCCESS);
+  check_range("bnormGetSyncForwardTrainingWorkspaceSize",
+              bnormGetSyncForwardTrainingWorkspaceSize(h, &desc, &cfg, 2, &sync_ws),
+              BNORM_STATUS_SUCCESS);
+  check_range("bnormGetSyncBackwardWorkspaceSize",
+              bnormGetSyncBackwardWorkspaceSize(h, &desc, &cfg, &sync_ws), BNORM_STATUS_SUCCESS);
+  /* The built-in NCCL calls without a communicator: refused (or not in this
+   * build), and the range is still balanced. */
+  s_sync = bnormSyncForwardTraining(h, NULL, NULL, &desc, &cfg, -1, x, y, gamma, beta, rm, rv,
+                                    NULL, sm, sr, ws, fwd_ws);
+  check_range("bnormSyncForwardTraining", s_sync,
+              s_sync == BNORM_STATUS_NOT_SUPPORTED ? s_sync : BNORM_STATUS_NULL_POINTER);
+  s_sync = bnormSyncBackward(h, NULL, NULL, &desc, &cfg, x, y, dx, gamma, sm, sr, dg, db, ws,
+                             bwd_ws);
+  check_range("bnormSyncBackward", s_sync,
+              s_sync == BNORM_STATUS_NOT_SUPPORTED ? s_sync : BNORM_STATUS_NULL_POINTER);
+  cudaFree(sync_buf);
+
   check_range("bnormDestroy", bnormDestroy(h), BNORM_STATUS_SUCCESS);
   /* A bad handle: the range is still balanced. */
   check_range("bnormDestroy", bnormDestroy((bnormHandle_t)(void*)not_a_handle), BNORM_STATUS_BAD_HANDLE);

@@ -6,7 +6,7 @@
 #   WORK_DIR    a scratch folder (emptied first)
 #   SOURCE_DIR  bnorm's source folder
 #   C_COMPILER  the C compiler
-#   VERSION     the version the package must report
+#   VERSION     the version the package must report (= include/bnorm.h's)
 #   PKG_CONFIG  the pkg-config program
 cmake_minimum_required(VERSION 3.25)
 
@@ -24,6 +24,43 @@ function(run what)
   message(STATUS "ok   ${what}")
   set(last_output "${out}" PARENT_SCOPE)
 endfunction()
+
+# The version is bnorm.h's BNORM_VERSION_MAJOR.MINOR.PATCH: the package
+# (project() in CMakeLists.txt, passed here as VERSION), the installed header,
+# find_package's answer, pkg-config's and the README's find_package example
+# must all say it, so they cannot drift apart.
+function(header_version file out)
+  file(STRINGS ${file} defs REGEX "^#define BNORM_VERSION_(MAJOR|MINOR|PATCH) +[0-9]+")
+  foreach(part MAJOR MINOR PATCH)
+    set(v_${part} "")
+    foreach(d ${defs})
+      if(d MATCHES "^#define BNORM_VERSION_${part} +([0-9]+)")
+        set(v_${part} ${CMAKE_MATCH_1})
+      endif()
+    endforeach()
+    if(v_${part} STREQUAL "")
+      message(FATAL_ERROR "FAIL ${file} does not define BNORM_VERSION_${part}")
+    endif()
+  endforeach()
+  set(${out} "${v_MAJOR}.${v_MINOR}.${v_PATCH}" PARENT_SCOPE)
+  set(${out}_MM "${v_MAJOR}.${v_MINOR}" PARENT_SCOPE)
+endfunction()
+header_version(${SOURCE_DIR}/include/bnorm.h HEADER_VERSION)
+if(NOT VERSION STREQUAL HEADER_VERSION)
+  message(FATAL_ERROR "FAIL the package version (project() in CMakeLists.txt) is ${VERSION}, "
+                      "include/bnorm.h says ${HEADER_VERSION}")
+endif()
+file(READ ${SOURCE_DIR}/README.md readme)
+string(REGEX MATCHALL "find_package\\(bnorm [0-9.]+" readme_finds "${readme}")
+if(NOT readme_finds)
+  message(FATAL_ERROR "FAIL README.md has no find_package(bnorm <version> ...) example")
+endif()
+foreach(f ${readme_finds})
+  if(NOT f STREQUAL "find_package(bnorm ${HEADER_VERSION_MM}")
+    message(FATAL_ERROR "FAIL README.md's example says ${f}, bnorm.h is ${HEADER_VERSION}")
+  endif()
+endforeach()
+message(STATUS "ok   version ${VERSION}: project(), include/bnorm.h and README.md agree")
 
 set(prefix ${WORK_DIR}/prefix)
 set(usage ${SOURCE_DIR}/examples/usage.c)
@@ -46,6 +83,10 @@ foreach(f include/bnorm.h include/bnorm_emu.h)
     message(FATAL_ERROR "FAIL the install lacks ${f}")
   endif()
 endforeach()
+header_version(${prefix}/include/bnorm.h INSTALLED_VERSION)
+if(NOT INSTALLED_VERSION STREQUAL VERSION)
+  message(FATAL_ERROR "FAIL the installed bnorm.h is version ${INSTALLED_VERSION}, the package ${VERSION}")
+endif()
 if(NOT config OR NOT pc_emu OR NOT lib_emu)
   message(FATAL_ERROR "FAIL the install lacks bnormConfig.cmake, bnorm_emu.pc or libbnorm_emu.so")
 endif()
@@ -65,6 +106,7 @@ set(cm ${WORK_DIR}/consumer-cmake)
 run("configure the consumer with find_package(bnorm CONFIG)"
     ${CMAKE_COMMAND} -S ${SOURCE_DIR}/tests/packaging/consumer -B ${cm}
     -DCMAKE_PREFIX_PATH=${prefix} -DCMAKE_C_COMPILER=${C_COMPILER} -DUSAGE_SOURCE=${usage}
+    -DBNORM_REQUIRED_VERSION=${HEADER_VERSION_MM}
     -DCMAKE_FIND_PACKAGE_NO_PACKAGE_REGISTRY=ON)
 if(NOT last_output MATCHES "bnorm ${VERSION} from ${prefix}/")
   message(FATAL_ERROR "FAIL find_package found another bnorm, or version != ${VERSION}:\n"

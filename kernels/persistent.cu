@@ -1,0 +1,599 @@
+// Persistent (single-pass) forward training and full backward: the whole
+// call in one cooperative launch that reads x (and dy) from memory once.
+//
+// The math is that of forward.cu and backward.cu, and the per-channel
+// arithmetic is theirs too (finish_channel / finish_grads, finalize.cuh):
+//   forward:  statistics of x - pivot (pivot = the channel's first value,
+//             so that a mean far from zero costs no accuracy), merged with
+//             Chan's rule; y = scale * (x - pivot) + shift, then the epilogue
+//   backward: g = dy (masked by the forward's ReLU bits), the sums
+//             (sum g, sum g * (x - mean)) with the saved mean, then
+//             dx = a * ((g - mdy) - (x - mean) * k)
+// Only the schedule differs. Every thread keeps its slice in registers, in
+// fp32 and already in the form both phases use (K vectors of N values a
+// thread per tensor, launch.h): x - pivot forward, the masked g and x - mean
+// backward, so that no value is read twice and the statistics and the
+// output see bitwise the same operands as NormalizeOp and DxFullOp:
+//   1. load the slice; fold it into one partial state per channel and unit
+//      (a warp on one channel for ChannelMajor, a block of column vectors
+//      for ChannelMinor, merged by a fixed tree) and write it to the
+//      workspace at partials[split * c + channel] (no atomics);
+//      read everything that is read only once before the barrier: the
+//      pivots (y may alias x), the cumulative step counter; zero this
+//      block's share of the ReLU mask;
+//   2. grid-wide barrier (the launch is cooperative; the grid is no larger
+//      than what the device holds resident, host/plan.cpp);
+//   3. every unit merges all partials of its channels in the same fixed
+//      order (ChannelMajor: lanes over every 32nd split, then the warp
+//      tree, as the multi-pass finalize; ChannelMinor: a thread per channel,
+//      splits in index order), so every block computes bitwise the same
+//      statistics; the unit of split 0 alone writes the saved statistics,
+//      the running statistics or dgamma / dbeta;
+//   4. normalize (or compute dx, and dz) from the registers and store.
+// The step counter of the cumulative average is read by every thread
+// before the barrier and advanced by one thread after it, so no reader can
+// see the new value. y == x and dx == dy or x are safe: each block writes
+// only the elements it read, after it read them, and nothing is read from
+// the tensors after the barrier but z (which y may alias, element by
+// element: each is read before it is written).
+// The fused epilogue is that of the other paths (epilogue.cuh): the same
+// fmaf, + z, ReLU and mask bits.
+#include "dtype.cuh"
+#include "epilogue.cuh"
+#include "finalize.cuh"
+#include "launch.h"
+#include "layout.cuh"
+#include "reduce.cuh"
+#include "vector.cuh"
+
+namespace bnorm {
+namespace kernels {
+
+namespace {
+
+constexpr int kWarps = kPersistThreads / 32;
+// Resident blocks an SM the kernels are compiled for (ptxas -v, bench/NOTES.md,
+// 2026-12-02). Backward: three (80 registers a thread), unspilled at every
+// width. Forward: two (up to 128 registers): at three (80) the scalar and
+// the 8-wide ChannelMinor variants spill (32 x-values, the Welford states
+// of 8 channels, the cursor and the finish's double arithmetic).
+constexpr int kPersistForwardMinBlocks = 2;
+constexpr int kPersistBackwardMinBlocks = 3;
+
+// Zeroes this block's share of the mask words (grid-stride), before the
+// barrier after which any block may set bits in any word.
+__device__ __forceinline__ void zero_mask_share(uint32_t* mask, int64_t words) {
+  if (!mask) return;
+  const int64_t threads = int64_t(blockDim.x) * blockDim.y;
+  const int64_t tid = int64_t(threadIdx.y) * blockDim.x + threadIdx.x;
+  for (int64_t w = int64_t(blockIdx.x) * threads + tid; w < words; w += int64_t(gridDim.x) * threads)
+    mask[w] = 0u;
+}
+
+// The statistics outputs only split 0 writes: others get NULL pointers.
+__device__ __forceinline__ StatsParams writer_view(const StatsParams& p, bool writer) {
+  StatsParams q = p;
+  if (!writer) {
+    q.saved_mean = q.saved_rstd = nullptr;
+    q.running_mean = q.running_var = nullptr;
+  }
+  return q;
+}
+__device__ __forceinline__ GradParams writer_view(const GradParams& p, bool writer) {
+  GradParams q = p;
+  if (!writer) q.dgamma = q.dbeta = nullptr;
+  return q;
+}
+
+template <class T>
+struct ForwardParams {
+  StatsParams s;  // counts, eps, factor, outputs; s.partials is written here
+  Welford* partials;
+  const T* x;
+  T* y;
+  const T* z;  // ADD_RELU, else NULL
+  uint32_t* mask;
+  int64_t mask_words;
+  int64_t spatial;
+  bool relu;
+};
+
+template <class T>
+struct BackwardParams {
+  GradParams g;  // counts, gamma, saved mean / rstd, dgamma / dbeta
+  Sum2* partials;
+  const T* x;
+  const T* dy;
+  T* dx;
+  T* dz;                 // ADD_RELU, else NULL
+  const uint32_t* mask;  // ReLU epilogue, else NULL
+  int64_t spatial;
+};
+
+// ---- forward -----------------------------------------------------------------------------
+
+// y for the N values of one vector, from d = x - pivot (the value the
+// statistics used, and the one NormalizeOp computes from x).
+template <class T, int N>
+__device__ __forceinline__ void normalize_store(const ForwardParams<T>& p, int64_t o,
+                                                const float (&d)[N], const Affine (&a)[N]) {
+  float zv[N] = {}, out[N];
+  if (p.z) load_vec<T, N>(p.z + o, zv);
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    const float v = fmaf(a[i].scale, d[i], a[i].shift) + (p.z ? zv[i] : 0.0f);
+    out[i] = p.relu ? relu(v) : v;
+  }
+  store_vec<T, N>(p.y + o, out);
+  if (p.mask) set_mask_bits<N>(p.mask, o, out);
+}
+
+// ChannelMajor: warp `unit` of the grid holds vectors split * 32K + lane +
+// 32k of channel unit / splits (vectors of N within each sample's run).
+template <class T, int N, int K>
+__global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
+    persist_forward_major(ForwardParams<T> p) {
+  const unsigned lane = threadIdx.x % 32;
+  const int64_t splits = p.s.splits, c = p.s.c;
+  const int64_t unit = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const bool live = unit < c * splits;  // the same for the whole warp
+  const int64_t ch = live ? unit / splits : 0;
+  const int64_t split = unit - ch * splits;
+  const int64_t vectors = p.s.m / N, j0 = split * 32 * K + lane;
+  const double f = average_factor(p.s);  // before the barrier: the counter advances after it
+
+  // The on-chip copy: d = x - pivot, exact where the statistics need it
+  // (see forward.cu) and all the normalize needs.
+  float d[K][N] = {};
+  int count = 0;  // vectors held: a prefix of d
+  float pivot = 0.0f;
+  Welford s{};
+  if (live) {
+    pivot = to_float(p.x[ch * p.s.pivot_stride]);
+    ChannelRunCursor cur(j0, 32, p.spatial / N, c, ch);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (j0 + 32 * k < vectors) {
+        load_vec<T, N>(p.x + cur.offset() * N, d[k]);
+        ++count;
+      }
+      cur.advance();
+    }
+    float flat[K * N];
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+      for (int i = 0; i < N; ++i) flat[k * N + i] = d[k][i] -= pivot;
+    add_tile(s, flat, count * N);
+  }
+  s = warp_merge(s);
+  if (live && lane == 0) p.partials[split * c + ch] = s;
+  zero_mask_share(p.mask, p.mask_words);
+
+  BNORM_GRID_SYNC();
+
+  if (live) {
+    Welford t{};
+    for (int64_t k = lane; k < splits; k += 32) t = merge(t, p.partials[k * c + ch]);
+    t = warp_merge(t);
+    Affine a{pivot, 0.0f, 0.0f};
+    if (lane == 0) a = finish_channel(t, pivot, ch, writer_view(p.s, split == 0), f);
+    a.scale = __shfl_sync(kFullMask, a.scale, 0);
+    a.shift = __shfl_sync(kFullMask, a.shift, 0);
+    if (p.y) {
+      Affine an[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) an[i] = a;
+      ChannelRunCursor cur(j0, 32, p.spatial / N, c, ch);
+#pragma unroll
+      for (int k = 0; k < K; ++k) {
+        if (k < count) normalize_store<T, N>(p, cur.offset() * N, d[k], an);
+        cur.advance();
+      }
+    }
+  }
+  if (blockIdx.x == 0 && threadIdx.x == 0 && p.s.step_count && p.s.running_mean)
+    *p.s.step_count += 1;
+}
+
+// Dynamic shared memory of a ChannelMinor block: the column merge's states
+// (laid out [lane][ty][tx], as reduce_channel_minor), reused after the
+// barrier for the per-channel coefficients.
+template <class S, class Coef>
+constexpr size_t minor_shared_bytes(int n) {
+  return size_t(kPersistThreads) * n * sizeof(S) > size_t(32) * n * sizeof(Coef)
+             ? size_t(kPersistThreads) * n * sizeof(S)
+             : size_t(32) * n * sizeof(Coef);
+}
+
+// Merges the per-thread states of a (tx, ty) block along y by a fixed tree
+// in shared memory: thread (tx, 0) ends with its columns' states.
+template <int N, class S>
+__device__ __forceinline__ void column_tree(S (&s)[N], S* sh) {
+  const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x, rows = blockDim.y;
+#pragma unroll
+  for (int i = 0; i < N; ++i) sh[(i * rows + ty) * cols + tx] = s[i];
+  for (unsigned half = rows / 2; half > 0; half /= 2) {
+    __syncthreads();
+    if (ty < half) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        s[i] = merge(s[i], sh[(i * rows + ty + half) * cols + tx]);
+        sh[(i * rows + ty) * cols + tx] = s[i];
+      }
+    }
+  }
+}
+
+// ChannelMinor: block = column_block * splits + split; thread (tx, ty)
+// holds channels [(column_block * tx_count + tx) * N, + N) of rows
+// split * ty_count * K + ty + ty_count * k.
+template <class T, int N, int K>
+__global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
+    persist_forward_minor(ForwardParams<T> p) {
+  BNORM_DYNAMIC_SHARED(smem);
+  const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x, rows = blockDim.y;
+  const unsigned tid = ty * cols + tx;
+  const int64_t splits = p.s.splits, c = p.s.c, m = p.s.m;
+  const int64_t cb = blockIdx.x / splits, split = blockIdx.x - cb * splits;
+  const int64_t c0 = (cb * cols + tx) * N;  // c % N == 0: a vector is all in or all out
+  const bool active = c0 < c;
+  const int64_t r0 = split * rows * K + ty;
+  // Thread tid merges channel cb * cols * N + tid after the barrier; its
+  // pivot is read now (y may alias x).
+  const int64_t mch = cb * cols * N + tid;
+  const bool merges = tid < cols * N && mch < c;
+  const float mpivot = merges ? to_float(p.x[mch]) : 0.0f;
+  const double f = average_factor(p.s);  // before the barrier: the counter advances after it
+
+  float d[K][N] = {};  // x - pivot, as in persist_forward_major
+  int count = 0;
+  Welford s[N] = {};
+  if (active) {
+    float pv[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) pv[i] = to_float(p.x[c0 + i]);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t r = r0 + int64_t(rows) * k;
+      if (r < m) {
+        load_vec<T, N>(p.x + r * c + c0, d[k]);
+        ++count;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      float col[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) col[k] = d[k][i] -= pv[i];
+      add_tile(s[i], col, count);
+    }
+  }
+  column_tree<N>(s, reinterpret_cast<Welford*>(smem));
+  if (ty == 0 && active) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) p.partials[split * c + c0 + i] = s[i];
+  }
+  zero_mask_share(p.mask, p.mask_words);
+
+  BNORM_GRID_SYNC();  // also a block barrier: the merge scratch is free again
+
+  Affine* coef = reinterpret_cast<Affine*>(smem);
+  if (merges) {
+    Welford t{};
+#pragma unroll 4
+    for (int64_t k = 0; k < splits; ++k) t = merge(t, p.partials[k * c + mch]);
+    coef[tid] = finish_channel(t, mpivot, mch, writer_view(p.s, split == 0), f);
+  }
+  __syncthreads();
+  if (active && p.y) {
+    Affine a[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) a[i] = coef[tx * N + i];
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (k < count) normalize_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, d[k], a);
+  }
+  if (blockIdx.x == 0 && tid == 0 && p.s.step_count && p.s.running_mean) *p.s.step_count += 1;
+}
+
+// ---- backward ----------------------------------------------------------------------------
+
+// Loads one vector of g (dy, masked) and of xm = x - mean: the on-chip
+// copy of the backward, all that the sums and dx need (the same values
+// GradAcc and DxFullOp compute from dy and x).
+template <class T, int N>
+__device__ __forceinline__ void load_grads(const BackwardParams<T>& p, int64_t o,
+                                           const float (&mean)[N], float (&g)[N],
+                                           float (&xm)[N]) {
+  load_vec<T, N>(p.dy + o, g);
+  load_vec<T, N>(p.x + o, xm);
+  if (p.mask) apply_mask<N>(p.mask, o, g);
+#pragma unroll
+  for (int i = 0; i < N; ++i) xm[i] -= mean[i];
+}
+
+// dx (and dz) for the N values of one vector, as DxFullOp computes them.
+template <class T, int N>
+__device__ __forceinline__ void dx_store(const BackwardParams<T>& p, int64_t o,
+                                         const float (&g)[N], const float (&xm)[N],
+                                         const Coeffs (&k)[N]) {
+  float out[N];
+  if (p.dz) store_vec<T, N>(p.dz + o, g);
+#pragma unroll
+  for (int i = 0; i < N; ++i) out[i] = k[i].a * ((g[i] - k[i].mdy) - xm[i] * k[i].k);
+  store_vec<T, N>(p.dx + o, out);
+}
+
+// ChannelMajor backward: the units of persist_forward_major.
+template <class T, int N, int K>
+__global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
+    persist_backward_major(BackwardParams<T> p) {
+  const unsigned lane = threadIdx.x % 32;
+  const int64_t splits = p.g.splits, c = p.g.c;
+  const int64_t unit = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
+  const bool live = unit < c * splits;
+  const int64_t ch = live ? unit / splits : 0;
+  const int64_t split = unit - ch * splits;
+  const int64_t vectors = p.g.m / N, j0 = split * 32 * K + lane;
+
+  float g[K][N] = {}, xm[K][N] = {};
+  int count = 0;
+  Sum2 s{};
+  if (live) {
+    float mean[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) mean[i] = p.g.mean[ch];
+    ChannelRunCursor cur(j0, 32, p.spatial / N, c, ch);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (j0 + 32 * k < vectors) {
+        load_grads<T, N>(p, cur.offset() * N, mean, g[k], xm[k]);
+        ++count;
+      }
+      cur.advance();
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k < count) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          s.a += g[k][i];
+          s.b = fmaf(g[k][i], xm[k][i], s.b);
+        }
+      }
+    }
+  }
+  s = warp_merge(s);
+  if (live && lane == 0) p.partials[split * c + ch] = s;
+
+  BNORM_GRID_SYNC();
+
+  if (live) {
+    Sum2 t{};
+    for (int64_t k = lane; k < splits; k += 32) t = merge(t, p.partials[k * c + ch]);
+    t = warp_merge(t);
+    Coeffs q{};
+    if (lane == 0) q = finish_grads(t, ch, writer_view(p.g, split == 0));
+    q = Coeffs{__shfl_sync(kFullMask, q.a, 0), __shfl_sync(kFullMask, q.mdy, 0),
+               __shfl_sync(kFullMask, q.k, 0), __shfl_sync(kFullMask, q.mean, 0)};
+    Coeffs qn[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) qn[i] = q;
+    ChannelRunCursor cur(j0, 32, p.spatial / N, c, ch);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k < count) dx_store<T, N>(p, cur.offset() * N, g[k], xm[k], qn);
+      cur.advance();
+    }
+  }
+}
+
+// ChannelMinor backward: the blocks of persist_forward_minor.
+template <class T, int N, int K>
+__global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
+    persist_backward_minor(BackwardParams<T> p) {
+  BNORM_DYNAMIC_SHARED(smem);
+  const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x, rows = blockDim.y;
+  const unsigned tid = ty * cols + tx;
+  const int64_t splits = p.g.splits, c = p.g.c, m = p.g.m;
+  const int64_t cb = blockIdx.x / splits, split = blockIdx.x - cb * splits;
+  const int64_t c0 = (cb * cols + tx) * N;
+  const bool active = c0 < c;
+  const int64_t r0 = split * rows * K + ty;
+  const int64_t mch = cb * cols * N + tid;
+  const bool merges = tid < cols * N && mch < c;
+
+  float g[K][N] = {}, xm[K][N] = {};
+  int count = 0;
+  Sum2 s[N] = {};
+  if (active) {
+    float mean[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) mean[i] = p.g.mean[c0 + i];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t r = r0 + int64_t(rows) * k;
+      if (r < m) {
+        load_grads<T, N>(p, r * c + c0, mean, g[k], xm[k]);
+        ++count;
+      }
+    }
+    // One state per channel lane: value i of every vector.
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k < count) {
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          s[i].a += g[k][i];
+          s[i].b = fmaf(g[k][i], xm[k][i], s[i].b);
+        }
+      }
+    }
+  }
+  column_tree<N>(s, reinterpret_cast<Sum2*>(smem));
+  if (ty == 0 && active) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) p.partials[split * c + c0 + i] = s[i];
+  }
+
+  BNORM_GRID_SYNC();  // also a block barrier: the merge scratch is free again
+
+  Coeffs* coef = reinterpret_cast<Coeffs*>(smem);
+  if (merges) {
+    Sum2 t{};
+#pragma unroll 4
+    for (int64_t k = 0; k < splits; ++k) t = merge(t, p.partials[k * c + mch]);
+    coef[tid] = finish_grads(t, mch, writer_view(p.g, split == 0));
+  }
+  __syncthreads();
+  if (active) {
+    Coeffs q[N];
+#pragma unroll
+    for (int i = 0; i < N; ++i) q[i] = coef[tx * N + i];
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (k < count)
+        dx_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, g[k], xm[k], q);
+  }
+}
+
+template <int N>
+constexpr size_t forward_shared(bool major) {
+  return major ? 0 : minor_shared_bytes<Welford, Affine>(N);
+}
+template <int N>
+constexpr size_t backward_shared(bool major) {
+  return major ? 0 : minor_shared_bytes<Sum2, Coeffs>(N);
+}
+
+// Resident blocks per SM of one kernel (0 if the query fails).
+int occupancy_of(const void* kernel, size_t shared) {
+  int n = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kPersistThreads, shared) !=
+      cudaSuccess) {
+    cudaGetLastError();  // the handle treats the path as unavailable; nothing stays pending
+    return 0;
+  }
+  return n;
+}
+
+template <class T>
+void occupancy_of_dtype(int& forward, int& backward) {
+  forward = backward = 1 << 30;
+  auto take = [](int& best, int v) { best = v < best ? v : best; };
+  for (int w : {16, 8, 4, 2}) {
+    if (w < int(sizeof(T))) continue;
+    dispatch_width<T>(w / int(sizeof(T)), [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      constexpr int KF = kPersistForwardValues / N, KB = kPersistBackwardValues / N;
+      take(forward, occupancy_of(reinterpret_cast<const void*>(&persist_forward_major<T, N, KF>),
+                                 forward_shared<N>(true)));
+      take(forward, occupancy_of(reinterpret_cast<const void*>(&persist_forward_minor<T, N, KF>),
+                                 forward_shared<N>(false)));
+      take(backward,
+           occupancy_of(reinterpret_cast<const void*>(&persist_backward_major<T, N, KB>),
+                        backward_shared<N>(true)));
+      take(backward,
+           occupancy_of(reinterpret_cast<const void*>(&persist_backward_minor<T, N, KB>),
+                        backward_shared<N>(false)));
+      return cudaSuccess;
+    });
+  }
+}
+
+}  // namespace
+
+cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) {
+  return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    const Tensor& t = a.t;
+    const bool major = t.order == Order::ChannelMajor;
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.y, a.ep.residual});
+    return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      constexpr int K = kPersistForwardValues / N;
+      const PersistGeometry g = persist_geometry(t, N, kPersistForwardValues);
+      // Pointers narrower than planned can make the grid too large to be resident.
+      if (g.grid > a.plan.persist_capacity) return forward_training(a, stream);
+      const size_t shared = forward_shared<N>(major);
+      ForwardParams<T> p{};
+      p.s = stats_params(a);
+      p.s.splits = g.splits;
+      p.s.pivot_stride = major ? t.spatial : 1;
+      p.partials = static_cast<Welford*>(a.workspace);
+      p.x = static_cast<const T*>(a.x);
+      p.y = static_cast<T*>(a.y);
+      p.z = static_cast<const T*>(a.ep.residual);
+      p.mask = a.ep.mask;
+      p.mask_words = int64_t(a.ep.mask_bytes / 4);
+      p.spatial = t.spatial;
+      p.relu = a.ep.kind != 0;
+      if (major) {
+        BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K>), unsigned(g.grid),
+                                 dim3(g.block_x, g.block_y), shared, stream, p);
+      } else {
+        BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K>), unsigned(g.grid),
+                                 dim3(g.block_x, g.block_y), shared, stream, p);
+      }
+      return cudaGetLastError();
+    });
+  });
+}
+
+cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream) {
+  // Frozen statistics need no grid-wide merge before dx, and unsaved ones a
+  // statistics pass first: both stay on the multi-pass kernels.
+  if (a.frozen || !a.mean) return backward(a, stream);
+  return dispatch_dtype(a.t.dtype, [&](auto tag) -> cudaError_t {
+    using T = decltype(tag);
+    const Tensor& t = a.t;
+    const bool major = t.order == Order::ChannelMajor;
+    T* dz = static_cast<T*>(a.ep.residual_grad);
+    const int width = vector_width<T>(major ? t.spatial : t.c, {a.x, a.dy, a.dx, dz});
+    return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
+      constexpr int N = decltype(n)::value;
+      constexpr int K = kPersistBackwardValues / N;
+      const PersistGeometry g = persist_geometry(t, N, kPersistBackwardValues);
+      if (g.grid > a.plan.persist_capacity) return backward(a, stream);
+      const size_t shared = backward_shared<N>(major);
+      BackwardParams<T> p{};
+      p.g.c = t.c;
+      set_counts(p.g, t.m());
+      p.g.splits = g.splits;
+      p.g.gamma = a.gamma;
+      p.g.mean = a.mean;
+      p.g.stat = a.stat;
+      p.g.eps = a.eps;
+      p.g.frozen = false;
+      p.g.dgamma = a.dgamma;
+      p.g.dbeta = a.dbeta;
+      p.partials = static_cast<Sum2*>(a.workspace);
+      p.x = static_cast<const T*>(a.x);
+      p.dy = static_cast<const T*>(a.dy);
+      p.dx = static_cast<T*>(a.dx);
+      p.dz = dz;
+      p.mask = a.ep.mask;
+      p.spatial = t.spatial;
+      if (major) {
+        BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K>), unsigned(g.grid),
+                                 dim3(g.block_x, g.block_y), shared, stream, p);
+      } else {
+        BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K>), unsigned(g.grid),
+                                 dim3(g.block_x, g.block_y), shared, stream, p);
+      }
+      return cudaGetLastError();
+    });
+  });
+}
+
+PersistOccupancy persistent_occupancy() {
+  PersistOccupancy o{};
+  occupancy_of_dtype<float>(o.forward[int(DType::F32)], o.backward[int(DType::F32)]);
+  occupancy_of_dtype<__half>(o.forward[int(DType::F16)], o.backward[int(DType::F16)]);
+  occupancy_of_dtype<__nv_bfloat16>(o.forward[int(DType::BF16)], o.backward[int(DType::BF16)]);
+  return o;
+}
+
+}  // namespace kernels
+}  // namespace bnorm

@@ -106,10 +106,7 @@ bnormStatus_t run_backward(Checker& check, bnormHandle_t handle, cudaStream_t st
         : a.plan.persistent ? k::persistent_backward(a, stream)
                             : k::backward(a, stream);
   }
-  if (e != cudaSuccess)
-    return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
-        .status();
-  return BNORM_STATUS_SUCCESS;
+  return enqueued(check, e);
 }
 
 bnormStatus_t workspace_size(const char* call, bnormHandle_t handle,

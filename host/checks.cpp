@@ -189,7 +189,7 @@ Checker& Checker::epilogue(const Config& cfg, EpilogueRole role, size_t bytes, i
   const bool add = cfg.epilogue == BNORM_EPILOGUE_ADD_RELU;
   const size_t mask_need = size_t((numel + 31) / 32) * 4;
   (void)bytes;
-  if (role != EpilogueRole::Backward && add) {
+  if ((role == EpilogueRole::Train || role == EpilogueRole::Infer) && add) {
     required(cfg.residual, "config->residual").aligned(cfg.residual, elem_bytes, "config->residual");
   }
   if (role == EpilogueRole::Backward && add) {

@@ -64,7 +64,8 @@ class Checker {
   Checker& workspace(const void* p, size_t have, size_t need);
   // The epilogue's pointers for a call on a tensor of `bytes` bytes and
   // `numel` elements: `role` says what the call does with them.
-  enum class EpilogueRole { Train, Infer, Backward };
+  // GradSums: the sums of a synchronized backward, which read the mask only.
+  enum class EpilogueRole { Train, Infer, Backward, GradSums };
   Checker& epilogue(const Config& cfg, EpilogueRole role, size_t bytes, int64_t numel,
                     size_t elem_bytes);
   Checker& fail(bnormStatus_t s, const char* fmt, ...) __attribute__((format(printf, 3, 4)));

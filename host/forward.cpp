@@ -160,10 +160,7 @@ bnormStatus_t bnormForwardTraining(bnormHandle_t handle, cudaStream_t stream,
   const cudaError_t e = a.plan.single_block ? k::tiny_forward_training(a, stream)
                         : a.plan.persistent ? k::persistent_forward_training(a, stream)
                                             : k::forward_training(a, stream);
-  if (e != cudaSuccess)
-    return check.fail(BNORM_STATUS_CUDA_ERROR, "kernel launch failed: %s", cudaGetErrorString(e))
-        .status();
-  return BNORM_STATUS_SUCCESS;
+  return enqueued(check, e);
 }
 
 }  // extern "C"

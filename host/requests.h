@@ -4,6 +4,8 @@
 // named the same way in the message.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include "bnorm.h"
 #include "checks.h"
 #include "kernels/launch.h"
@@ -70,6 +72,15 @@ struct BackwardRequest {
 
 bool check_backward(Checker& check, bnormHandle_t handle, const BackwardRequest& r, bool frozen,
                     const Batch& batch, kernels::BackwardArgs* a);
+
+// The status of a call whose checks passed, from the CUDA error of what it
+// enqueued.
+inline bnormStatus_t enqueued(Checker& check, cudaError_t e) {
+  if (e != cudaSuccess)
+    return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
+        .status();
+  return BNORM_STATUS_SUCCESS;
+}
 
 // The synchronized batch's rule for BATCH_TOO_SMALL and global_n itself
 // (desc already checked).

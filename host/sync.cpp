@@ -28,13 +28,6 @@ namespace k = bnorm::kernels;
 
 namespace {
 
-bnormStatus_t launched(Checker& check, cudaError_t e) {
-  if (e != cudaSuccess)
-    return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
-        .status();
-  return BNORM_STATUS_SUCCESS;
-}
-
 Checker& check_ranks(Checker& check, int nranks, int rank) {
   if (!check.ok()) return check;
   if (nranks < 1)
@@ -63,9 +56,9 @@ bnormStatus_t forward_stats(Checker& check, bnormHandle_t handle, cudaStream_t s
   if (!check.ok()) return check.status();
   const size_t bytes = tensor_bytes(desc, elem);
   const Plan plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS);
-  const k::ForwardWorkspace ws(desc->c, plan.reduce.splits);
+  const size_t ws_total = forward_workspace_bytes(plan);
   const size_t stats_bytes = k::SyncStatsLayout(desc->c).total;
-  const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
+  const size_t ws_used = workspace_bytes < ws_total ? workspace_bytes : ws_total;
   if (bytes > 0) check.required(x, "x");
   check.required(local_stats, "local_stats")
       .aligned(x, elem, "x")
@@ -73,10 +66,10 @@ bnormStatus_t forward_stats(Checker& check, bnormHandle_t handle, cudaStream_t s
       .no_overlap({{x, bytes, "x", false},
                    {local_stats, stats_bytes, "local_stats", true},
                    {workspace, ws_used, "workspace", true}})
-      .workspace(workspace, workspace_bytes, ws.total);
+      .workspace(workspace, workspace_bytes, ws_total);
   if (!check.ok()) return check.status();
   k::SyncStatsArgs a{plan.t, plan.reduce, x, local_stats, workspace};
-  return launched(check, k::sync_forward_stats(a, stream));
+  return enqueued(check, k::sync_forward_stats(a, stream));
 }
 
 bnormStatus_t forward_apply(Checker& check, bnormHandle_t handle, cudaStream_t stream,
@@ -89,7 +82,7 @@ bnormStatus_t forward_apply(Checker& check, bnormHandle_t handle, cudaStream_t s
   a.gathered = r.gathered;
   a.nranks = nranks;
   a.rank = rank;
-  return launched(check, k::sync_forward_apply(a, stream));
+  return enqueued(check, k::sync_forward_apply(a, stream));
 }
 
 bnormStatus_t backward_grads(Checker& check, bnormHandle_t handle, cudaStream_t stream,
@@ -104,33 +97,26 @@ bnormStatus_t backward_grads(Checker& check, bnormHandle_t handle, cudaStream_t 
   const size_t cb = size_t(desc->c) * sizeof(float);
   const int64_t numel = desc->n * desc->c * desc->spatial;
   const Plan plan = make_plan(*handle, *desc, BNORM_PATH_MULTI_PASS, Pass::Backward);
-  const k::BackwardWorkspace ws(desc->c, plan.reduce.splits, true);
-  const size_t ws_used = workspace_bytes < ws.total ? workspace_bytes : ws.total;
+  const size_t ws_total = backward_workspace_bytes(plan, false);
+  const size_t ws_used = workspace_bytes < ws_total ? workspace_bytes : ws_total;
   const size_t grads_bytes = k::sync_grads_bytes(desc->c);
   if (bytes > 0) check.required(x, "x").required(dy, "dy");
   check.required(saved_mean, "saved_mean").required(local_grads, "local_grads")
       .aligned(x, elem, "x").aligned(dy, elem, "dy").aligned(saved_mean, 4, "saved_mean")
       .aligned(local_grads, 16, "local_grads");
   // Only the mask matters here (dz is written by the apply phase).
-  if (check.ok() && cfg.epilogue != BNORM_EPILOGUE_NONE && numel > 0) {
-    check.required(cfg.relu_mask, "config->relu_mask")
-        .aligned(cfg.relu_mask, 4, "config->relu_mask");
-    if (check.ok() && cfg.relu_mask_bytes < k::relu_mask_bytes(numel))
-      check.fail(BNORM_STATUS_WORKSPACE_TOO_SMALL,
-                 "config->relu_mask_bytes (%zu) is smaller than the %zu bytes of the mask",
-                 cfg.relu_mask_bytes, k::relu_mask_bytes(numel));
-  }
+  check.epilogue(cfg, Checker::EpilogueRole::GradSums, bytes, numel, elem);
   check.no_overlap({{x, bytes, "x", false},
                     {dy, bytes, "dy", false},
                     {saved_mean, cb, "saved_mean", false},
                     {cfg.relu_mask, k::relu_mask_bytes(numel), "config->relu_mask", false},
                     {local_grads, grads_bytes, "local_grads", true},
                     {workspace, ws_used, "workspace", true}})
-      .workspace(workspace, workspace_bytes, ws.total);
+      .workspace(workspace, workspace_bytes, ws_total);
   if (!check.ok()) return check.status();
   k::SyncGradsArgs a{plan.t, plan.reduce, epilogue_args(cfg, numel), x, dy, saved_mean,
                      local_grads, workspace};
-  return launched(check, k::sync_backward_grads(a, stream));
+  return enqueued(check, k::sync_backward_grads(a, stream));
 }
 
 bnormStatus_t backward_apply(Checker& check, bnormHandle_t handle, cudaStream_t stream,
@@ -140,7 +126,7 @@ bnormStatus_t backward_apply(Checker& check, bnormHandle_t handle, cudaStream_t 
   k::SyncGradApplyArgs a;
   if (!check_backward(check, handle, r, false, Batch{true, -1}, &a.b)) return check.status();
   a.reduced = r.reduced;
-  return launched(check, k::sync_backward_apply(a, stream));
+  return enqueued(check, k::sync_backward_apply(a, stream));
 }
 
 }  // namespace

@@ -26,11 +26,9 @@ namespace k = bnorm::kernels;
 namespace {
 
 // Where the exchanged buffer starts in the workspace of a call on `desc`.
-size_t local_forward_bytes(const Plan& plan) {
-  return k::align16(k::ForwardWorkspace(plan.t.c, plan.reduce.splits).total);
-}
+size_t local_forward_bytes(const Plan& plan) { return k::align16(forward_workspace_bytes(plan)); }
 size_t local_backward_bytes(const Plan& plan) {
-  return k::align16(k::BackwardWorkspace(plan.t.c, plan.reduce.splits, true).total);
+  return k::align16(backward_workspace_bytes(plan, false));
 }
 
 // Checks handle, descriptor and config (the factor only for a call that
@@ -58,13 +56,6 @@ bool comm_ranks(Checker& check, ncclComm_t comm, int* nranks, int* rank) {
     return false;
   }
   return true;
-}
-
-bnormStatus_t enqueued(Checker& check, cudaError_t e) {
-  if (e != cudaSuccess)
-    return check.fail(BNORM_STATUS_CUDA_ERROR, "enqueueing failed: %s", cudaGetErrorString(e))
-        .status();
-  return BNORM_STATUS_SUCCESS;
 }
 
 bnormStatus_t collective(Checker& check, ncclResult_t r, const char* what) {

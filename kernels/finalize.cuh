@@ -55,6 +55,16 @@ inline StatsParams stats_params(const ForwardTrainingArgs& a) {
   return p;
 }
 
+// Points p's arrays for the normalize pass at a ForwardWorkspace laid out
+// from `base`.
+inline void point_at_workspace(StatsParams& p, char* base, const ForwardWorkspace& ws) {
+  p.ws_pivot = reinterpret_cast<float*>(base + ws.pivot);
+  p.ws_scale = reinterpret_cast<float*>(base + ws.scale);
+  p.ws_shift = reinterpret_cast<float*>(base + ws.shift);
+  p.ws_mean = reinterpret_cast<float*>(base + ws.mean);
+  p.ws_rstd = reinterpret_cast<float*>(base + ws.rstd);
+}
+
 // The running averages' factor: 1/(1 + t) in cumulative mode.
 __device__ __forceinline__ double average_factor(const StatsParams& p) {
   return p.step_count ? 1.0 / (1.0 + double(*p.step_count)) : p.factor;

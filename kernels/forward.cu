@@ -90,11 +90,7 @@ cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream) 
     p.splits = a.plan.splits;
     p.pivot_stride = major ? t.spatial : 1;
     p.partials = partials;
-    p.ws_pivot = reinterpret_cast<float*>(w + ws.pivot);
-    p.ws_scale = reinterpret_cast<float*>(w + ws.scale);
-    p.ws_shift = reinterpret_cast<float*>(w + ws.shift);
-    p.ws_mean = reinterpret_cast<float*>(w + ws.mean);
-    p.ws_rstd = reinterpret_cast<float*>(w + ws.rstd);
+    point_at_workspace(p, w, ws);
     const int64_t fblocks = (t.c + kFinalizeThreads / 32 - 1) / (kFinalizeThreads / 32);
     BNORM_LAUNCH((finalize_stats<T>), unsigned(fblocks < 4096 ? fblocks : 4096),
                  kFinalizeThreads, 0, stream, x, p);

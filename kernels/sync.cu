@@ -233,11 +233,7 @@ cudaError_t sync_forward_apply(const SyncApplyArgs& a, cudaStream_t stream) {
     const ForwardWorkspace ws(t.c, f.plan.splits);
     char* w = static_cast<char*>(f.workspace);
     StatsParams p = stats_params(f);
-    p.ws_pivot = reinterpret_cast<float*>(w + ws.pivot);
-    p.ws_scale = reinterpret_cast<float*>(w + ws.scale);
-    p.ws_shift = reinterpret_cast<float*>(w + ws.shift);
-    p.ws_mean = reinterpret_cast<float*>(w + ws.mean);
-    p.ws_rstd = reinterpret_cast<float*>(w + ws.rstd);
+    point_at_workspace(p, w, ws);
     const RankMerge q = rank_merge(a);
     BNORM_LAUNCH(merge_ranks, thread_blocks(t.c), kSyncThreads, 0, stream, q, p);
     cudaError_t e = cudaGetLastError();

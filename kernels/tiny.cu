@@ -213,11 +213,7 @@ cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream) {
     g.dbeta = a.dbeta;
     if (recompute) {
       const ForwardWorkspace fws(a.t.c, a.plan.splits);
-      sp.ws_pivot = reinterpret_cast<float*>(w + ws.forward + fws.pivot);
-      sp.ws_scale = reinterpret_cast<float*>(w + ws.forward + fws.scale);
-      sp.ws_shift = reinterpret_cast<float*>(w + ws.forward + fws.shift);
-      sp.ws_mean = reinterpret_cast<float*>(w + ws.forward + fws.mean);
-      sp.ws_rstd = reinterpret_cast<float*>(w + ws.forward + fws.rstd);
+      point_at_workspace(sp, w + ws.forward, fws);
       g.mean = sp.ws_mean;
       g.stat = sp.ws_rstd;
     }

@@ -94,9 +94,13 @@ BNORM_EMU_API void grid_sync(const char* file, int line);
 
 using KernelBody = std::function<void()>;
 // Runs the grid to completion on the CPU. A bad configuration sets the
-// emulated runtime's last error, as a failed <<<>>> launch does.
-BNORM_EMU_API void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-            KernelBody body, bool cooperative);
+// emulated runtime's last error, as a failed <<<>>> launch does: among
+// others, more dynamic shared memory than `func` (the kernel's address, the
+// key of cudaFuncSetAttribute) was allowed, or a cooperative grid larger
+// than the emulated device holds resident.
+BNORM_EMU_API void launch(const char* name, const void* func, dim3 grid, dim3 block,
+                          size_t shared_bytes, cudaStream_t stream, KernelBody body,
+                          bool cooperative);
 
 template <class T>
 inline uint64_t to_bits(T v) {

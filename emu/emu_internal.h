@@ -23,8 +23,21 @@ struct Limits {
   int max_grid[3];
   int max_block[3];
   int max_cooperative_blocks;     // OS threads we are willing to start at once
+  size_t shared_per_sm;           // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+  size_t shared_reserved;         // cudaDevAttrReservedSharedMemoryPerBlock
 };
 const Limits& limits();
+
+// Blocks of `threads` threads and `shared` bytes of dynamic shared memory
+// one emulated SM holds at once (threads, shared memory with the per-block
+// reserve, and max_cooperative_blocks / sm_count): the occupancy query's
+// answer, and what a cooperative launch is checked against.
+int resident_blocks_per_sm(uint64_t threads, size_t shared);
+
+// The most dynamic shared memory a launch of `func` may ask for: 48 KB, or
+// what cudaFuncSetAttribute(MaxDynamicSharedMemorySize) raised it to.
+size_t dynamic_shared_limit(const void* func);
+void set_dynamic_shared_limit(const void* func, size_t bytes);
 
 // Host threads that execute ordinary (non-cooperative) grids.
 int worker_threads();

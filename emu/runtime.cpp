@@ -32,6 +32,7 @@
 #include <mutex>
 #include <new>
 #include <thread>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -159,8 +160,35 @@ const Limits& limits() {
       /*max_grid=*/{2147483647, 65535, 65535},
       /*max_block=*/{1024, 1024, 64},
       /*max_cooperative_blocks=*/64,
+      /*shared_per_sm=*/228 * 1024,
+      /*shared_reserved=*/1024,
   };
   return l;
+}
+
+namespace {
+std::mutex g_attr_mutex;
+std::unordered_map<const void*, size_t> g_dynamic_shared;
+}  // namespace
+
+size_t dynamic_shared_limit(const void* func) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  const auto it = g_dynamic_shared.find(func);
+  return it == g_dynamic_shared.end() ? limits().shared_per_block : it->second;
+}
+
+void set_dynamic_shared_limit(const void* func, size_t bytes) {
+  std::lock_guard<std::mutex> lock(g_attr_mutex);
+  g_dynamic_shared[func] = bytes;
+}
+
+int resident_blocks_per_sm(uint64_t threads, size_t shared) {
+  const Limits& l = limits();
+  const uint64_t by_threads = threads ? l.max_threads_per_sm / threads : 0;
+  const uint64_t by_shared = l.shared_per_sm / (shared + l.shared_reserved);
+  const uint64_t by_grid = uint64_t(l.max_cooperative_blocks / l.sm_count);
+  uint64_t v = by_threads < by_shared ? by_threads : by_shared;
+  return int(v < by_grid ? v : by_grid);
 }
 
 }  // namespace emu
@@ -259,7 +287,7 @@ EMU_EXPORT cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int dev
   p->totalGlobalMem = size_t(16) << 30;
   p->sharedMemPerBlock = l.shared_per_block;
   p->sharedMemPerBlockOptin = l.shared_per_block_optin;
-  p->sharedMemPerMultiprocessor = l.shared_per_block_optin + 1024;
+  p->sharedMemPerMultiprocessor = l.shared_per_sm;
   p->regsPerBlock = 65536;
   p->regsPerMultiprocessor = 65536;
   p->warpSize = 32;
@@ -292,6 +320,8 @@ EMU_EXPORT cudaError_t cudaDeviceGetAttribute(int* value, enum cudaDeviceAttr at
     case cudaDevAttrMaxThreadsPerMultiProcessor: *value = l.max_threads_per_sm; break;
     case cudaDevAttrMaxSharedMemoryPerBlock: *value = int(l.shared_per_block); break;
     case cudaDevAttrMaxSharedMemoryPerBlockOptin: *value = int(l.shared_per_block_optin); break;
+    case cudaDevAttrMaxSharedMemoryPerMultiprocessor: *value = int(l.shared_per_sm); break;
+    case cudaDevAttrReservedSharedMemoryPerBlock: *value = int(l.shared_reserved); break;
     case cudaDevAttrWarpSize: *value = 32; break;
     case cudaDevAttrComputeCapabilityMajor: *value = 9; break;
     case cudaDevAttrComputeCapabilityMinor: *value = 0; break;
@@ -317,24 +347,32 @@ EMU_EXPORT cudaError_t cudaRuntimeGetVersion(int* v) {
   return cudaSuccess;
 }
 
-// Kernel attributes: the emulator has no per-kernel limits to raise.
-EMU_EXPORT cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute, int) {
+// Kernel attributes: the dynamic shared memory a kernel may launch with
+// (above 48 KB only after it is raised here, as on a GPU, so that a missing
+// opt-in fails under the emulator too); the carveout is accepted and has
+// no effect.
+
+EMU_EXPORT cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr,
+                                            int value) {
   if (!func) return fail(cudaErrorInvalidDeviceFunction);
+  if (attr == cudaFuncAttributeMaxDynamicSharedMemorySize) {
+    if (value < 0 || size_t(value) > emu::limits().shared_per_block_optin)
+      return fail(cudaErrorInvalidValue);
+    emu::set_dynamic_shared_limit(func, size_t(value));
+  } else if (attr == cudaFuncAttributePreferredSharedMemoryCarveout) {
+    if (value < -1 || value > 100) return fail(cudaErrorInvalidValue);
+  }
   return cudaSuccess;
 }
 
-// The emulator runs any grid; for cooperative sizing it reports what one
-// "SM" may hold given the block size, within max_cooperative_blocks overall.
+// What one emulated SM holds at once (resident_blocks_per_sm), within
+// max_cooperative_blocks overall.
 EMU_EXPORT cudaError_t cudaOccupancyMaxActiveBlocksPerMultiprocessor(int* n, const void* func,
                                                                      int block_size,
                                                                      size_t shared) {
   if (!n || !func || block_size <= 0) return fail(cudaErrorInvalidValue);
-  const emu::Limits& l = emu::limits();
-  int by_threads = l.max_threads_per_sm / block_size;
-  int by_shared = shared ? int((l.shared_per_block_optin + 1024) / shared) : 32;
-  int by_grid = l.max_cooperative_blocks / l.sm_count;
-  int v = by_threads < by_shared ? by_threads : by_shared;
-  *n = v < by_grid ? v : by_grid;
+  if (block_size > emu::limits().max_threads_per_block) return fail(cudaErrorInvalidValue);
+  *n = emu::resident_blocks_per_sm(uint64_t(block_size), shared);
   return cudaSuccess;
 }
 

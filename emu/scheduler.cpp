@@ -631,8 +631,8 @@ uint64_t grids_run(bool cooperative_only) {
   return (cooperative_only ? g_cooperative_counter : g_launch_counter).load();
 }
 
-void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream,
-            KernelBody body, bool cooperative) {
+void launch(const char* name, const void* func, dim3 grid, dim3 block, size_t shared_bytes,
+            cudaStream_t stream, KernelBody body, bool cooperative) {
   const Limits& lim = limits();
   const uint64_t threads = uint64_t(block.x) * block.y * block.z;
   const uint64_t blocks = uint64_t(grid.x) * grid.y * grid.z;
@@ -644,7 +644,16 @@ void launch(const char* name, dim3 grid, dim3 block, size_t shared_bytes, cudaSt
     set_last_error(cudaErrorInvalidConfiguration);
     return;
   }
-  if (cooperative && blocks > uint64_t(lim.max_cooperative_blocks)) {
+  if (shared_bytes > dynamic_shared_limit(func)) {
+    set_last_error(cudaErrorInvalidValue);
+    return;
+  }
+  // A cooperative grid must be resident at once: every block of it on an SM
+  // together, by threads and shared memory, as cudaLaunchCooperativeKernel
+  // checks (so a planner that overfills the shared memory fails here).
+  if (cooperative &&
+      (blocks > uint64_t(lim.max_cooperative_blocks) ||
+       blocks > uint64_t(lim.sm_count) * uint64_t(resident_blocks_per_sm(threads, shared_bytes)))) {
     set_last_error(cudaErrorCooperativeLaunchTooLarge);
     return;
   }

@@ -18,8 +18,12 @@ struct bnormContext {
   // how many blocks of them an SM holds (per dtype, the fewest over their
   // vector widths and layouts; 0: unavailable).
   bool cooperative;
-  int persist_forward_per_sm[3];
-  int persist_backward_per_sm[3];
+  // Resident blocks an SM of the persistent kernels (launch.h:
+  // PersistOccupancy): [forward, backward][register-only, staging][dtype].
+  int persist_blocks[2][2][3];
+  // Shared memory: an SM's, the system's reserve per resident block, and
+  // the most one block may ask for (the persistent kernels' stage).
+  int64_t shared_per_sm, shared_reserved, shared_per_block_optin;
   char name[256];
 };
 

@@ -44,11 +44,27 @@ bnormStatus_t bnormCreate(bnormHandle_t* handle) {
     coop = 0;
   }
   ctx->cooperative = coop != 0;
-  const bnorm::kernels::PersistOccupancy occ = bnorm::kernels::persistent_occupancy();
-  for (int t = 0; t < 3; ++t) {
-    ctx->persist_forward_per_sm[t] = occ.forward[t];
-    ctx->persist_backward_per_sm[t] = occ.backward[t];
+  // A device that does not report its shared memory gets no persistent
+  // path (persist_fit finds no room); one that does not report the
+  // per-block reserve is taken to reserve what sm_80 and sm_90 do.
+  auto attribute = [&](cudaDeviceAttr a) -> int64_t {
+    int v = 0;
+    if (cudaDeviceGetAttribute(&v, a, device) != cudaSuccess) {
+      cudaGetLastError();
+      return -1;
+    }
+    return v;
+  };
+  ctx->shared_per_sm = attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
+  ctx->shared_per_block_optin = attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
+  ctx->shared_reserved = attribute(cudaDevAttrReservedSharedMemoryPerBlock);
+  if (ctx->shared_per_sm < 0 || ctx->shared_per_block_optin < 0) {
+    ctx->shared_per_sm = ctx->shared_per_block_optin = 0;
   }
+  if (ctx->shared_reserved < 0) ctx->shared_reserved = 1024;
+  const bnorm::kernels::PersistOccupancy occ =
+      bnorm::kernels::persistent_occupancy(int(ctx->shared_per_block_optin));
+  std::memcpy(ctx->persist_blocks, occ.blocks, sizeof occ.blocks);
   std::memcpy(ctx->name, prop.name, sizeof ctx->name);
   ctx->name[sizeof ctx->name - 1] = '\0';
   *handle = ctx;

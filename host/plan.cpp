@@ -81,35 +81,41 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
 
   // Persistent: one cooperative launch that reads x (and dy) once instead
   // of twice (forward: 2 bytes moved per element-byte instead of 3;
-  // backward: 3 instead of 5), when the whole tensor fits on chip. It fits
-  // when its grid (launch.h: each thread keeps 32 values of x forward, 16
-  // each of x and dy backward, so a block holds 8192 or 4096 values plus
-  // the rounding of the last unit per channel or column block) is no larger
-  // than what the device holds resident at once: blocks per SM (occupancy
-  // of the kernels' registers and shared memory, asked at bnormCreate) times
-  // the SMs. On an H100 (132 SMs; the kernels are built for 2 resident
-  // blocks forward, 3 backward: persistent.cu) that is 132 * 2 * 8192 = 2.2 M
-  // values forward and 132 * 3 * 4096 = 1.6 M backward. Beyond that a block
-  // would wait at the grid-wide barrier for one that cannot start: a
-  // cooperative launch refuses such a grid, so the multi-pass kernels run.
+  // backward: 3 instead of 5), when the whole tensor fits on chip: in the
+  // registers (launch.h: 32 values of x a thread forward, 16 each of x and
+  // dy backward) and, past them, in a stage of raw activations in shared
+  // memory, as few staged vectors as make the grid resident at once
+  // (persist_fit: blocks per SM by registers, asked at bnormCreate, and by
+  // the stage's shared memory). On an H100 (132 SMs, 228 KB of shared
+  // memory an SM; the kernels are built for 2 resident blocks forward, 3
+  // backward: persistent.cu) that is about 16 M values of fp16 forward and
+  // 8 M of fp32 (bench/NOTES.md). Beyond that a block would wait at the
+  // grid-wide barrier for one that cannot start: a cooperative launch
+  // refuses such a grid, so the multi-pass kernels run.
   // Never for tiny tensors in AUTO: one launch of one block (above) beats a
   // cooperative grid there. Planned at the natural vector width; the
-  // launcher re-checks the fit at the width the pointers allow.
+  // launcher fits again at the width the pointers allow.
   const bool backward = pass == Pass::Backward;
   const int dt = int(p.t.dtype);
-  const int per_sm = backward ? ctx.persist_backward_per_sm[dt] : ctx.persist_forward_per_sm[dt];
-  p.reduce.persist_capacity = ctx.cooperative ? int64_t(per_sm) * ctx.sm_count : 0;
-  const int values = backward ? kernels::kPersistBackwardValues : kernels::kPersistForwardValues;
+  kernels::PersistLimits& lim = p.reduce.persist;
+  lim.sm_count = ctx.sm_count;
+  lim.blocks = ctx.cooperative ? ctx.persist_blocks[backward][0][dt] : 0;
+  lim.blocks_staged = ctx.cooperative ? ctx.persist_blocks[backward][1][dt] : 0;
+  lim.shared_per_sm = ctx.shared_per_sm;
+  lim.shared_reserved = ctx.shared_reserved;
+  lim.shared_per_block = ctx.shared_per_block_optin;
   const int width = kernels::natural_width(p.t.dtype, major ? d.spatial : d.c);
-  const bool fits = kernels::persist_geometry(p.t, width, values).grid <= p.reduce.persist_capacity;
+  const bool fits = kernels::persist_fit(p.t, width, backward, lim).fits;
   p.reduce.persistent = fits && !p.reduce.single_block &&
                         (path == BNORM_PATH_PERSISTENT || path == BNORM_PATH_AUTO);
   if (p.reduce.persistent) {
     const size_t state = (backward ? 2 : 3) * sizeof(float);  // Sum2 / Welford
-    for (int w = width; w >= 1; w /= 2)
-      p.persist_workspace = std::max(
-          p.persist_workspace,
-          kernels::persist_workspace(d.c, kernels::persist_geometry(p.t, w, values).splits, state));
+    for (int w = width; w >= 1; w /= 2) {
+      const kernels::PersistFit f = kernels::persist_fit(p.t, w, backward, lim);
+      if (f.fits)
+        p.persist_workspace =
+            std::max(p.persist_workspace, kernels::persist_workspace(d.c, f.g.splits, state));
+    }
   }
   return p;
 }

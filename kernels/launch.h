@@ -66,18 +66,32 @@ inline int natural_width(DType d, int64_t row) {
   return 1;
 }
 
+// What the device holds resident of one dtype's persistent kernels of one
+// direction: asked once at bnormCreate (persistent_occupancy, the device
+// attributes), so that fitting a shape is host arithmetic.
+struct PersistLimits {
+  int64_t sm_count;
+  // Resident blocks an SM by registers, threads and the merge scratch, of
+  // the register-only kernel and of the staging one (before its stage);
+  // 0: unavailable.
+  int blocks, blocks_staged;
+  int64_t shared_per_sm;      // cudaDevAttrMaxSharedMemoryPerMultiprocessor
+  int64_t shared_reserved;    // cudaDevAttrReservedSharedMemoryPerBlock
+  int64_t shared_per_block;   // cudaDevAttrMaxSharedMemoryPerBlockOptin
+};
+
 // How a per-channel reduction is cut: `splits` blocks share each channel
 // (ChannelMajor) or each 32-channel tile (ChannelMinor).
 struct ReducePlan {
   int64_t splits;
   int apply_blocks;   // grid of the elementwise pass (grid-stride)
   bool single_block;  // the whole call in one launch (tiny.cu)
-  // The single-pass cooperative kernels (persistent.cu), and the most
-  // blocks of them that can be resident at once (their grid must not pass
-  // it). The launcher falls back to the multi-pass kernels when the grid of
-  // the vector width the pointers allow does not fit.
+  // The single-pass cooperative kernels (persistent.cu), and what the
+  // device holds resident of them (their grid must not pass it). The
+  // launcher fits the vector width the pointers allow again (persist_fit)
+  // and falls back to the multi-pass kernels when it does not fit.
   bool persistent;
-  int64_t persist_capacity;
+  PersistLimits persist;
 };
 
 // ---- launch geometry --------------------------------------------------------------
@@ -118,18 +132,26 @@ inline Geometry apply_geometry(const Tensor& t, const ReducePlan& plan, int n) {
   return {unsigned(sh.col_blocks), unsigned(row_blocks), sh.tx, sh.ty};
 }
 
+constexpr size_t align16(size_t b) { return (b + 15) & ~size_t(15); }
+
 // ---- persistent (single-pass) geometry ---------------------------------------------
-// Each thread of a persistent kernel keeps `values` activations of each
-// tensor it reads in registers, as K = values / N vectors of N: 32 values of
-// x forward, 16 each of x and dy backward (the same 32 data values a
-// thread). A unit is the slice whose partial state is written once:
-//  - ChannelMajor: a warp, on one channel: vectors u * 32 K + lane + 32 k
-//    (k < K) of the channel's m / N vectors; `splits` units per channel,
+// Each thread of a persistent kernel keeps its slice of every tensor it
+// reads on chip, as vectors of N: K = values / N of them in registers, as
+// fp32 (32 values of x forward, 16 each of x and dy backward: the same 32
+// data values a thread), then `staged` more of raw activations in dynamic
+// shared memory (the launcher picks how many: persist_fit). A unit is the
+// slice whose partial state is written once; with V = K + staged vectors a
+// thread:
+//  - ChannelMajor: a warp, on one channel: vectors u * 32 V + lane + 32 k
+//    (k < V) of the channel's m / N vectors; `splits` units per channel,
 //    unit = channel * splits + split, eight units (warps) a block.
 //  - ChannelMinor: a block of minor_shape(c, N), tx vector-columns by ty
-//    rows, each thread K rows (r = split * ty * K + ty_index + ty * k);
+//    rows, each thread V rows (r = split * ty * V + ty_index + ty * k);
 //    `splits` row blocks per column block, block = column_block * splits +
 //    split.
+// Vector k < K of a thread lives in registers, vector K + s in shared
+// memory at stage[s * kPersistThreads + thread] (a warp touches 32
+// consecutive vectors: no bank conflicts).
 constexpr int kPersistThreads = 256;
 constexpr int kPersistForwardValues = 32;
 constexpr int kPersistBackwardValues = 16;
@@ -137,13 +159,13 @@ constexpr int kPersistBackwardValues = 16;
 struct PersistGeometry {
   int64_t splits;  // units per channel (ChannelMajor) or per column block (ChannelMinor)
   int64_t grid;    // blocks (int64: compared with the resident capacity before any launch)
-  int vectors;     // K
+  int vectors;     // V = K + staged
   unsigned block_x, block_y;
 };
 
-inline PersistGeometry persist_geometry(const Tensor& t, int n, int values) {
+inline PersistGeometry persist_geometry(const Tensor& t, int n, int values, int staged = 0) {
   PersistGeometry g{};
-  g.vectors = values / n;
+  g.vectors = values / n + staged;
   const int64_t m = t.m();
   if (t.order == Order::ChannelMajor) {
     const int64_t per_unit = int64_t(32) * g.vectors;
@@ -164,9 +186,76 @@ inline PersistGeometry persist_geometry(const Tensor& t, int n, int values) {
   return g;
 }
 
+inline int dtype_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
+
+// Dynamic shared memory of a block besides the stage: the ChannelMinor
+// kernels' column merge (one state a thread and vector lane: Welford, 12
+// bytes, forward; Sum2, 8, backward), reused after the barrier for the
+// per-channel coefficients (32 N of them, smaller). ChannelMajor merges
+// with shuffles: none.
+constexpr size_t persist_scratch_bytes(bool major, int n, bool backward) {
+  return major ? 0 : align16(size_t(kPersistThreads) * n * (backward ? 8 : 12));
+}
+
+// Bytes of shared memory one staged vector a thread takes in a block (both
+// x and dy backward).
+inline size_t persist_stage_bytes(DType d, int n, bool backward) {
+  return size_t(kPersistThreads) * n * dtype_bytes(d) * (backward ? 2 : 1);
+}
+
+struct PersistFit {
+  PersistGeometry g;
+  int staged;     // vectors a thread (per tensor) in shared memory
+  size_t shared;  // dynamic shared memory a block: scratch, then the stage
+  bool fits;      // the grid is resident at once (else: the multi-pass kernels)
+};
+
+// Where the grid fits on chip, and how. Registers alone first (the
+// register-only kernel, built for the most resident blocks). Else the
+// fewest staged vectors with which the whole grid of the staging kernel is
+// resident at once: for b blocks an SM (from what its registers allow down
+// to one), the stage may take min(shared_per_sm / b - reserved,
+// shared_per_block) - scratch bytes a block; the grid shrinks as the stage
+// grows, so the first b whose largest stage fits gives the smallest stage,
+// found by bisection. Fewest staged vectors means the most blocks, hence
+// the most loads in flight while the slice comes in.
+inline PersistFit persist_fit(const Tensor& t, int n, bool backward, const PersistLimits& lim) {
+  const bool major = t.order == Order::ChannelMajor;
+  const int values = backward ? kPersistBackwardValues : kPersistForwardValues;
+  const int64_t scratch = int64_t(persist_scratch_bytes(major, n, backward));
+  const int64_t per_vector = int64_t(persist_stage_bytes(t.dtype, n, backward));
+  PersistFit f{persist_geometry(t, n, values), 0, size_t(scratch), false};
+  if (f.g.grid <= int64_t(lim.blocks) * lim.sm_count) {
+    f.fits = lim.blocks > 0;
+    if (f.fits) return f;
+  }
+  for (int b = lim.blocks_staged; b >= 1; --b) {
+    int64_t room = lim.shared_per_sm / b - lim.shared_reserved;
+    if (room > lim.shared_per_block) room = lim.shared_per_block;
+    int64_t most = (room - scratch) / per_vector;
+    if (most < 1) continue;
+    if (most > (int64_t(1) << 20)) most = int64_t(1) << 20;  // int, and far past any device
+    const int64_t capacity = int64_t(b) * lim.sm_count;
+    if (persist_geometry(t, n, values, int(most)).grid > capacity) continue;
+    int lo = 1, hi = int(most);
+    while (lo < hi) {
+      const int mid = lo + (hi - lo) / 2;
+      if (persist_geometry(t, n, values, mid).grid <= capacity)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    f.g = persist_geometry(t, n, values, lo);
+    f.staged = lo;
+    f.shared = size_t(scratch + lo * per_vector);
+    f.fits = true;
+    return f;
+  }
+  return f;
+}
+
 // ---- workspace layout -----------------------------------------------------------
-// Every sub-array starts 16-byte aligned; sizes are in bytes.
-inline size_t align16(size_t b) { return (b + 15) & ~size_t(15); }
+// Every sub-array starts 16-byte aligned; sizes are in bytes (align16 above).
 
 // Forward training: per-(split, channel) Welford partials, then four
 // per-channel arrays the finalize writes for the normalize pass (pivot,
@@ -235,7 +324,7 @@ struct ForwardTrainingArgs {
 cudaError_t forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
 cudaError_t tiny_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
 // One cooperative launch (persistent.cu); the multi-pass kernels when the
-// grid does not fit a.plan.persist_capacity.
+// grid does not fit (persist_fit).
 cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream_t stream);
 
 // ---- forward inference ---------------------------------------------------------------
@@ -301,18 +390,22 @@ cudaError_t backward(const BackwardArgs& a, cudaStream_t stream);
 cudaError_t tiny_backward(const BackwardArgs& a, cudaStream_t stream);
 // The full backward with saved statistics in one cooperative launch
 // (persistent.cu); the multi-pass kernels for anything else, or when the
-// grid does not fit a.plan.persist_capacity.
+// grid does not fit (persist_fit).
 cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream);
 
 // ---- occupancy of the persistent kernels ---------------------------------------------
-// Resident blocks per SM of each dtype's persistent kernels (the fewest over
-// their vector widths and layouts), from cudaOccupancyMaxActiveBlocksPerMultiprocessor;
-// 0 where the query fails. Indexed by DType.
+// Resident blocks per SM of each dtype's persistent kernels by registers,
+// threads and the merge scratch (the fewest over their vector widths and
+// layouts; persist_fit adds the stage), from
+// cudaOccupancyMaxActiveBlocksPerMultiprocessor; 0 where a query fails.
+// [direction: 0 forward, 1 backward][0 register-only, 1 staging][DType].
+// It also lets every staging kernel take up to `shared_optin` bytes of
+// dynamic shared memory and prefer the largest shared-memory carveout, so
+// that any stage persist_fit plans launches.
 struct PersistOccupancy {
-  int forward[3];
-  int backward[3];
+  int blocks[2][2][3];
 };
-PersistOccupancy persistent_occupancy();
+PersistOccupancy persistent_occupancy(int shared_optin);
 
 // ---- synchronized batch norm (sync.cu) ---------------------------------------------
 // One rank's packed forward statistics, the unit of the all-gather: the

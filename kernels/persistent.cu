@@ -9,12 +9,17 @@
 //   backward: g = dy (masked by the forward's ReLU bits), the sums
 //             (sum g, sum g * (x - mean)) with the saved mean, then
 //             dx = a * ((g - mdy) - (x - mean) * k)
-// Only the schedule differs. Every thread keeps its slice in registers, in
-// fp32 and already in the form both phases use (K vectors of N values a
-// thread per tensor, launch.h): x - pivot forward, the masked g and x - mean
-// backward, so that no value is read twice and the statistics and the
-// output see bitwise the same operands as NormalizeOp and DxFullOp:
-//   1. load the slice; fold it into one partial state per channel and unit
+// Only the schedule differs. Every thread keeps its slice on chip (launch.h):
+// K vectors of N values a tensor in registers, in fp32 and already in the
+// form both phases use (x - pivot forward, the masked g and x - mean
+// backward), then `staged` vectors of raw activations (g already masked) in
+// dynamic shared memory, converted again where they are used; the
+// conversion is exact and the subtraction the same, so that no value is
+// read twice and the statistics and the output see bitwise the same
+// operands as NormalizeOp and DxFullOp. A thread's stage is its own: no
+// barrier guards it.
+//   1. load the slice (the stage's loads unrolled, several in flight); fold
+//      it into one partial state per channel and unit
 //      (a warp on one channel for ChannelMajor, a block of column vectors
 //      for ChannelMinor, merged by a fixed tree) and write it to the
 //      workspace at partials[split * c + channel] (no atomics);
@@ -38,6 +43,8 @@
 // element: each is read before it is written).
 // The fused epilogue is that of the other paths (epilogue.cuh): the same
 // fmaf, + z, ReLU and mask bits.
+#include <type_traits>
+
 #include "dtype.cuh"
 #include "epilogue.cuh"
 #include "finalize.cuh"
@@ -53,12 +60,14 @@ namespace {
 
 constexpr int kWarps = kPersistThreads / 32;
 // Resident blocks an SM the kernels are compiled for (ptxas -v, bench/NOTES.md,
-// 2026-12-02). Backward: three (80 registers a thread), unspilled at every
-// width. Forward: two (up to 128 registers): at three (80) the scalar and
-// the 8-wide ChannelMinor variants spill (32 x-values, the Welford states
-// of 8 channels, the cursor and the finish's double arithmetic).
-constexpr int kPersistForwardMinBlocks = 2;
-constexpr int kPersistBackwardMinBlocks = 3;
+// 2026-12-03), [register-only, staging]. Forward: two (up to 128 registers)
+// either way: at three (80) the scalar and the 8-wide ChannelMinor variants
+// spill (32 x-values, the Welford states of 8 channels, the cursor and the
+// finish's double arithmetic). Backward: three (80 registers), unspilled at
+// every width with registers alone; the stage's loads in flight past the
+// 32 register values spill at 80, so the staging kernel is built for two.
+constexpr int kPersistForwardMinBlocks[2] = {2, 2};
+constexpr int kPersistBackwardMinBlocks[2] = {3, 2};
 
 // Zeroes this block's share of the mask words (grid-stride), before the
 // barrier after which any block may set bits in any word.
@@ -85,10 +94,76 @@ __device__ __forceinline__ GradParams writer_view(const GradParams& p, bool writ
   return q;
 }
 
+// Thread `tid`'s staged vector k of a stage (launch.h's layout).
+template <class T, int N>
+__device__ __forceinline__ Vec<T, N>& staged_vec(Vec<T, N>* stage, int k, unsigned tid) {
+  return stage[size_t(k) * kPersistThreads + tid];
+}
+
+// Folds the first `held` staged vectors of x into s (ChannelMajor: one
+// channel), a register tile of 8 values at a time, as d = x - pivot.
+template <class T, int N>
+__device__ __forceinline__ void fold_stage(Welford& s, Vec<T, N>* stage, unsigned tid, int held,
+                                           float pivot) {
+  constexpr int KT = N >= 8 ? 1 : 8 / N;
+  for (int k0 = 0; k0 < held; k0 += KT) {
+    float v[KT * N];
+    int count = 0;
+#pragma unroll
+    for (int u = 0; u < KT; ++u) {
+      float w[N] = {};
+      if (k0 + u < held) {
+        unpack<T, N>(staged_vec(stage, k0 + u, tid), w);
+        count += N;
+      }
+#pragma unroll
+      for (int i = 0; i < N; ++i) v[u * N + i] = w[i] - pivot;
+    }
+    add_tile(s, v, count);
+  }
+}
+
+// The same for ChannelMinor: value i of each vector is channel lane i,
+// folded into s[i] as d = x - pv[i], a column of KT vectors at a time.
+template <class T, int N>
+__device__ __forceinline__ void fold_stage(Welford (&s)[N], Vec<T, N>* stage, unsigned tid,
+                                           int held, const float (&pv)[N]) {
+  constexpr int KT = N >= 8 ? 2 : N >= 4 ? 4 : 8;
+  for (int k0 = 0; k0 < held; k0 += KT) {
+    float v[KT][N] = {};
+    int count = 0;
+#pragma unroll
+    for (int u = 0; u < KT; ++u) {
+      if (k0 + u < held) {
+        unpack<T, N>(staged_vec(stage, k0 + u, tid), v[u]);
+        ++count;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      float col[KT];
+#pragma unroll
+      for (int u = 0; u < KT; ++u) col[u] = v[u][i] - pv[i];
+      add_tile(s[i], col, count);
+    }
+  }
+}
+
+// x - pivot of a staged vector, bitwise what the register copy holds.
+template <class T, int N>
+__device__ __forceinline__ void staged_deviation(const Vec<T, N>& v, const float (&pv)[N],
+                                                 float (&d)[N]) {
+  unpack<T, N>(v, d);
+#pragma unroll
+  for (int i = 0; i < N; ++i) d[i] -= pv[i];
+}
+
 template <class T>
 struct ForwardParams {
   StatsParams s;  // counts, eps, factor, outputs; s.partials is written here
   Welford* partials;
+  int staged;             // vectors a thread in shared memory, past its K in registers
+  unsigned stage_offset;  // bytes into the dynamic shared memory (past the merge scratch)
   const T* x;
   T* y;
   const T* z;  // ADD_RELU, else NULL
@@ -102,6 +177,8 @@ template <class T>
 struct BackwardParams {
   GradParams g;  // counts, gamma, saved mean / rstd, dgamma / dbeta
   Sum2* partials;
+  int staged;             // vectors of dy, then as many of x, a thread in shared memory
+  unsigned stage_offset;  // bytes into the dynamic shared memory (past the merge scratch)
   const T* x;
   const T* dy;
   T* dx;
@@ -130,22 +207,26 @@ __device__ __forceinline__ void normalize_store(const ForwardParams<T>& p, int64
 
 // ChannelMajor: warp `unit` of the grid holds vectors split * 32K + lane +
 // 32k of channel unit / splits (vectors of N within each sample's run).
-template <class T, int N, int K>
-__global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
+template <class T, int N, int K, bool Staged>
+__global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Staged])
     persist_forward_major(ForwardParams<T> p) {
-  const unsigned lane = threadIdx.x % 32;
+  BNORM_DYNAMIC_SHARED(smem);
+  Vec<T, N>* stage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
+  const unsigned lane = threadIdx.x % 32, tid = threadIdx.x;
+  const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
   const int64_t splits = p.s.splits, c = p.s.c;
   const int64_t unit = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const bool live = unit < c * splits;  // the same for the whole warp
   const int64_t ch = live ? unit / splits : 0;
   const int64_t split = unit - ch * splits;
-  const int64_t vectors = p.s.m / N, j0 = split * 32 * K + lane;
+  const int64_t vectors = p.s.m / N, j0 = split * 32 * (K + staged) + lane;
   const double f = average_factor(p.s);  // before the barrier: the counter advances after it
 
   // The on-chip copy: d = x - pivot, exact where the statistics need it
   // (see forward.cu) and all the normalize needs.
   float d[K][N] = {};
-  int count = 0;  // vectors held: a prefix of d
+  int count = 0;  // vectors held in registers: a prefix of d
+  int held = 0;   // staged vectors held: a prefix of the stage
   float pivot = 0.0f;
   Welford s{};
   if (live) {
@@ -159,12 +240,21 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
       }
       cur.advance();
     }
+#pragma unroll 4
+    for (int k = 0; k < staged; ++k) {
+      if (j0 + 32 * int64_t(K + k) < vectors) {
+        staged_vec(stage, k, tid) = load_raw<T, N>(p.x + cur.offset() * N);
+        ++held;
+      }
+      cur.advance();
+    }
     float flat[K * N];
 #pragma unroll
     for (int k = 0; k < K; ++k)
 #pragma unroll
       for (int i = 0; i < N; ++i) flat[k * N + i] = d[k][i] -= pivot;
     add_tile(s, flat, count * N);
+    fold_stage<T, N>(s, stage, tid, held, pivot);
   }
   s = warp_merge(s);
   if (live && lane == 0) p.partials[split * c + ch] = s;
@@ -188,6 +278,15 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
 #pragma unroll
       for (int k = 0; k < K; ++k) {
         if (k < count) normalize_store<T, N>(p, cur.offset() * N, d[k], an);
+        cur.advance();
+      }
+      float pv[N];
+#pragma unroll
+      for (int i = 0; i < N; ++i) pv[i] = pivot;
+      for (int k = 0; k < held; ++k) {
+        float dv[N];
+        staged_deviation<T, N>(staged_vec(stage, k, tid), pv, dv);
+        normalize_store<T, N>(p, cur.offset() * N, dv, an);
         cur.advance();
       }
     }
@@ -228,8 +327,8 @@ __device__ __forceinline__ void column_tree(S (&s)[N], S* sh) {
 // ChannelMinor: block = column_block * splits + split; thread (tx, ty)
 // holds channels [(column_block * tx_count + tx) * N, + N) of rows
 // split * ty_count * K + ty + ty_count * k.
-template <class T, int N, int K>
-__global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
+template <class T, int N, int K, bool Staged>
+__global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Staged])
     persist_forward_minor(ForwardParams<T> p) {
   BNORM_DYNAMIC_SHARED(smem);
   const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x, rows = blockDim.y;
@@ -238,7 +337,9 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
   const int64_t cb = blockIdx.x / splits, split = blockIdx.x - cb * splits;
   const int64_t c0 = (cb * cols + tx) * N;  // c % N == 0: a vector is all in or all out
   const bool active = c0 < c;
-  const int64_t r0 = split * rows * K + ty;
+  const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  Vec<T, N>* stage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
+  const int64_t r0 = split * rows * (K + staged) + ty;
   // Thread tid merges channel cb * cols * N + tid after the barrier; its
   // pivot is read now (y may alias x).
   const int64_t mch = cb * cols * N + tid;
@@ -247,10 +348,10 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
   const double f = average_factor(p.s);  // before the barrier: the counter advances after it
 
   float d[K][N] = {};  // x - pivot, as in persist_forward_major
-  int count = 0;
+  int count = 0, held = 0;
+  float pv[N] = {};
   Welford s[N] = {};
   if (active) {
-    float pv[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) pv[i] = to_float(p.x[c0 + i]);
 #pragma unroll
@@ -261,6 +362,14 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
         ++count;
       }
     }
+#pragma unroll 4
+    for (int k = 0; k < staged; ++k) {
+      const int64_t r = r0 + int64_t(rows) * (K + k);
+      if (r < m) {
+        staged_vec(stage, k, tid) = load_raw<T, N>(p.x + r * c + c0);
+        ++held;
+      }
+    }
 #pragma unroll
     for (int i = 0; i < N; ++i) {
       float col[K];
@@ -268,6 +377,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
       for (int k = 0; k < K; ++k) col[k] = d[k][i] -= pv[i];
       add_tile(s[i], col, count);
     }
+    fold_stage<T, N>(s, stage, tid, held, pv);
   }
   column_tree<N>(s, reinterpret_cast<Welford*>(smem));
   if (ty == 0 && active) {
@@ -293,6 +403,11 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks)
 #pragma unroll
     for (int k = 0; k < K; ++k)
       if (k < count) normalize_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, d[k], a);
+    for (int k = 0; k < held; ++k) {
+      float dv[N];
+      staged_deviation<T, N>(staged_vec(stage, k, tid), pv, dv);
+      normalize_store<T, N>(p, (r0 + int64_t(rows) * (K + k)) * c + c0, dv, a);
+    }
   }
   if (blockIdx.x == 0 && tid == 0 && p.s.step_count && p.s.running_mean) *p.s.step_count += 1;
 }
@@ -313,6 +428,30 @@ __device__ __forceinline__ void load_grads(const BackwardParams<T>& p, int64_t o
   for (int i = 0; i < N; ++i) xm[i] -= mean[i];
 }
 
+// Stages one vector of dy (masked: a zero is exact in any dtype, so g
+// unpacks to what load_grads computes) and of x.
+template <class T, int N>
+__device__ __forceinline__ void stage_grads(const BackwardParams<T>& p, int64_t o,
+                                            Vec<T, N>& g, Vec<T, N>& x) {
+  g = load_raw<T, N>(p.dy + o);
+  x = load_raw<T, N>(p.x + o);
+  if (p.mask) {
+    const unsigned bits = mask_bits<N>(p.mask, o);
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      if (!((bits >> i) & 1u)) g.v[i] = from_float<T>(0.0f);
+  }
+}
+
+// g and x - mean of a staged pair, bitwise what the register copy holds.
+template <class T, int N>
+__device__ __forceinline__ void unstage_grads(const Vec<T, N>& gs, const Vec<T, N>& xs,
+                                              const float (&mean)[N], float (&g)[N],
+                                              float (&xm)[N]) {
+  unpack<T, N>(gs, g);
+  staged_deviation<T, N>(xs, mean, xm);
+}
+
 // dx (and dz) for the N values of one vector, as DxFullOp computes them.
 template <class T, int N>
 __device__ __forceinline__ void dx_store(const BackwardParams<T>& p, int64_t o,
@@ -326,22 +465,26 @@ __device__ __forceinline__ void dx_store(const BackwardParams<T>& p, int64_t o,
 }
 
 // ChannelMajor backward: the units of persist_forward_major.
-template <class T, int N, int K>
-__global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
+template <class T, int N, int K, bool Staged>
+__global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Staged])
     persist_backward_major(BackwardParams<T> p) {
-  const unsigned lane = threadIdx.x % 32;
+  BNORM_DYNAMIC_SHARED(smem);
+  const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  Vec<T, N>* gstage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
+  Vec<T, N>* xstage = gstage + size_t(staged) * kPersistThreads;
+  const unsigned lane = threadIdx.x % 32, tid = threadIdx.x;
   const int64_t splits = p.g.splits, c = p.g.c;
   const int64_t unit = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const bool live = unit < c * splits;
   const int64_t ch = live ? unit / splits : 0;
   const int64_t split = unit - ch * splits;
-  const int64_t vectors = p.g.m / N, j0 = split * 32 * K + lane;
+  const int64_t vectors = p.g.m / N, j0 = split * 32 * (K + staged) + lane;
 
   float g[K][N] = {}, xm[K][N] = {};
-  int count = 0;
+  float mean[N] = {};
+  int count = 0, held = 0;
   Sum2 s{};
   if (live) {
-    float mean[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) mean[i] = p.g.mean[ch];
     ChannelRunCursor cur(j0, 32, p.spatial / N, c, ch);
@@ -353,6 +496,15 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
       }
       cur.advance();
     }
+#pragma unroll 4
+    for (int k = 0; k < staged; ++k) {
+      if (j0 + 32 * int64_t(K + k) < vectors) {
+        stage_grads<T, N>(p, cur.offset() * N, staged_vec(gstage, k, tid),
+                          staged_vec(xstage, k, tid));
+        ++held;
+      }
+      cur.advance();
+    }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (k < count) {
@@ -361,6 +513,15 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
           s.a += g[k][i];
           s.b = fmaf(g[k][i], xm[k][i], s.b);
         }
+      }
+    }
+    for (int k = 0; k < held; ++k) {
+      float gv[N], xv[N];
+      unstage_grads<T, N>(staged_vec(gstage, k, tid), staged_vec(xstage, k, tid), mean, gv, xv);
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        s.a += gv[i];
+        s.b = fmaf(gv[i], xv[i], s.b);
       }
     }
   }
@@ -386,12 +547,18 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
       if (k < count) dx_store<T, N>(p, cur.offset() * N, g[k], xm[k], qn);
       cur.advance();
     }
+    for (int k = 0; k < held; ++k) {
+      float gv[N], xv[N];
+      unstage_grads<T, N>(staged_vec(gstage, k, tid), staged_vec(xstage, k, tid), mean, gv, xv);
+      dx_store<T, N>(p, cur.offset() * N, gv, xv, qn);
+      cur.advance();
+    }
   }
 }
 
 // ChannelMinor backward: the blocks of persist_forward_minor.
-template <class T, int N, int K>
-__global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
+template <class T, int N, int K, bool Staged>
+__global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Staged])
     persist_backward_minor(BackwardParams<T> p) {
   BNORM_DYNAMIC_SHARED(smem);
   const unsigned tx = threadIdx.x, ty = threadIdx.y, cols = blockDim.x, rows = blockDim.y;
@@ -400,15 +567,18 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
   const int64_t cb = blockIdx.x / splits, split = blockIdx.x - cb * splits;
   const int64_t c0 = (cb * cols + tx) * N;
   const bool active = c0 < c;
-  const int64_t r0 = split * rows * K + ty;
+  const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  Vec<T, N>* gstage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
+  Vec<T, N>* xstage = gstage + size_t(staged) * kPersistThreads;
+  const int64_t r0 = split * rows * (K + staged) + ty;
   const int64_t mch = cb * cols * N + tid;
   const bool merges = tid < cols * N && mch < c;
 
   float g[K][N] = {}, xm[K][N] = {};
-  int count = 0;
+  float mean[N] = {};
+  int count = 0, held = 0;
   Sum2 s[N] = {};
   if (active) {
-    float mean[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) mean[i] = p.g.mean[c0 + i];
 #pragma unroll
@@ -417,6 +587,14 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
       if (r < m) {
         load_grads<T, N>(p, r * c + c0, mean, g[k], xm[k]);
         ++count;
+      }
+    }
+#pragma unroll 4
+    for (int k = 0; k < staged; ++k) {
+      const int64_t r = r0 + int64_t(rows) * (K + k);
+      if (r < m) {
+        stage_grads<T, N>(p, r * c + c0, staged_vec(gstage, k, tid), staged_vec(xstage, k, tid));
+        ++held;
       }
     }
     // One state per channel lane: value i of every vector.
@@ -428,6 +606,15 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
           s[i].a += g[k][i];
           s[i].b = fmaf(g[k][i], xm[k][i], s[i].b);
         }
+      }
+    }
+    for (int k = 0; k < held; ++k) {
+      float gv[N], xv[N];
+      unstage_grads<T, N>(staged_vec(gstage, k, tid), staged_vec(xstage, k, tid), mean, gv, xv);
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        s[i].a += gv[i];
+        s[i].b = fmaf(gv[i], xv[i], s[i].b);
       }
     }
   }
@@ -455,51 +642,85 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks)
     for (int k = 0; k < K; ++k)
       if (k < count)
         dx_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, g[k], xm[k], q);
+    for (int k = 0; k < held; ++k) {
+      float gv[N], xv[N];
+      unstage_grads<T, N>(staged_vec(gstage, k, tid), staged_vec(xstage, k, tid), mean, gv, xv);
+      dx_store<T, N>(p, (r0 + int64_t(rows) * (K + k)) * c + c0, gv, xv, q);
+    }
   }
 }
 
-template <int N>
-constexpr size_t forward_shared(bool major) {
-  return major ? 0 : minor_shared_bytes<Welford, Affine>(N);
-}
-template <int N>
-constexpr size_t backward_shared(bool major) {
-  return major ? 0 : minor_shared_bytes<Sum2, Coeffs>(N);
-}
+// The merge scratch launch.h plans for is the one the kernels use.
+static_assert(persist_scratch_bytes(false, 8, false) == minor_shared_bytes<Welford, Affine>(8) &&
+                  persist_scratch_bytes(false, 1, false) == minor_shared_bytes<Welford, Affine>(1),
+              "forward scratch");
+static_assert(persist_scratch_bytes(false, 8, true) == minor_shared_bytes<Sum2, Coeffs>(8) &&
+                  persist_scratch_bytes(false, 1, true) == minor_shared_bytes<Sum2, Coeffs>(1),
+              "backward scratch");
 
-// Resident blocks per SM of one kernel (0 if the query fails).
-int occupancy_of(const void* kernel, size_t shared) {
+// Resident blocks per SM of one kernel by registers and threads, with its
+// merge scratch and no stage (0 if a query fails). A staging kernel may
+// first take the device's whole opt-in shared memory, carved out of L1 as
+// far as it goes, so that any stage persist_fit plans can launch and be
+// resident; the register-only ones keep the default carveout (L1 serves
+// their loads).
+int occupancy_of(const void* kernel, size_t scratch, bool staged, int shared_optin) {
   int n = 0;
-  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kPersistThreads, shared) !=
-      cudaSuccess) {
+  if ((staged &&
+       (cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_optin) !=
+            cudaSuccess ||
+        cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             int(cudaSharedmemCarveoutMaxShared)) != cudaSuccess)) ||
+      cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kPersistThreads, scratch) !=
+          cudaSuccess) {
     cudaGetLastError();  // the handle treats the path as unavailable; nothing stays pending
     return 0;
   }
   return n;
 }
 
+// blocks[direction][staged] of one dtype: the fewest over widths and layouts.
 template <class T>
-void occupancy_of_dtype(int& forward, int& backward) {
-  forward = backward = 1 << 30;
-  auto take = [](int& best, int v) { best = v < best ? v : best; };
+void occupancy_of_dtype(DType dtype, int shared_optin, int (&blocks)[2][2][3]) {
+  const int dt = int(dtype);
+  int best[2][2] = {{1 << 30, 1 << 30}, {1 << 30, 1 << 30}};
+  auto take = [&](int dir, bool staged, const void* kernel, size_t scratch) {
+    const int v = occupancy_of(kernel, scratch, staged, shared_optin);
+    best[dir][staged] = v < best[dir][staged] ? v : best[dir][staged];
+  };
   for (int w : {16, 8, 4, 2}) {
     if (w < int(sizeof(T))) continue;
     dispatch_width<T>(w / int(sizeof(T)), [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
       constexpr int KF = kPersistForwardValues / N, KB = kPersistBackwardValues / N;
-      take(forward, occupancy_of(reinterpret_cast<const void*>(&persist_forward_major<T, N, KF>),
-                                 forward_shared<N>(true)));
-      take(forward, occupancy_of(reinterpret_cast<const void*>(&persist_forward_minor<T, N, KF>),
-                                 forward_shared<N>(false)));
-      take(backward,
-           occupancy_of(reinterpret_cast<const void*>(&persist_backward_major<T, N, KB>),
-                        backward_shared<N>(true)));
-      take(backward,
-           occupancy_of(reinterpret_cast<const void*>(&persist_backward_minor<T, N, KB>),
-                        backward_shared<N>(false)));
+      auto both = [&](auto staged) {
+        constexpr bool S = decltype(staged)::value;
+        take(0, S, reinterpret_cast<const void*>(&persist_forward_major<T, N, KF, S>),
+             persist_scratch_bytes(true, N, false));
+        take(0, S, reinterpret_cast<const void*>(&persist_forward_minor<T, N, KF, S>),
+             persist_scratch_bytes(false, N, false));
+        take(1, S, reinterpret_cast<const void*>(&persist_backward_major<T, N, KB, S>),
+             persist_scratch_bytes(true, N, true));
+        take(1, S, reinterpret_cast<const void*>(&persist_backward_minor<T, N, KB, S>),
+             persist_scratch_bytes(false, N, true));
+      };
+      both(std::false_type{});
+      both(std::true_type{});
       return cudaSuccess;
     });
   }
+  for (int dir = 0; dir < 2; ++dir)
+    for (int staged = 0; staged < 2; ++staged) blocks[dir][staged][dt] = best[dir][staged];
+}
+
+// A cooperative grid the device cannot hold at once (persist_fit's
+// arithmetic against a device shared with others, e.g. under MPS) is
+// refused at launch, before anything runs: the multi-pass kernels run
+// instead. Any other error is the call's.
+template <class Fallback>
+cudaError_t launched_or(Fallback&& multi_pass) {
+  const cudaError_t e = cudaGetLastError();
+  return e == cudaErrorCooperativeLaunchTooLarge ? multi_pass() : e;
 }
 
 }  // namespace
@@ -513,13 +734,15 @@ cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
       constexpr int K = kPersistForwardValues / N;
-      const PersistGeometry g = persist_geometry(t, N, kPersistForwardValues);
       // Pointers narrower than planned can make the grid too large to be resident.
-      if (g.grid > a.plan.persist_capacity) return forward_training(a, stream);
-      const size_t shared = forward_shared<N>(major);
+      const PersistFit fit = persist_fit(t, N, false, a.plan.persist);
+      if (!fit.fits) return forward_training(a, stream);
+      const PersistGeometry& g = fit.g;
       ForwardParams<T> p{};
       p.s = stats_params(a);
       p.s.splits = g.splits;
+      p.staged = fit.staged;
+      p.stage_offset = unsigned(persist_scratch_bytes(major, N, false));
       p.s.pivot_stride = major ? t.spatial : 1;
       p.partials = static_cast<Welford*>(a.workspace);
       p.x = static_cast<const T*>(a.x);
@@ -530,13 +753,21 @@ cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream
       p.spatial = t.spatial;
       p.relu = a.ep.kind != 0;
       if (major) {
-        BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K>), unsigned(g.grid),
-                                 dim3(g.block_x, g.block_y), shared, stream, p);
+        if (fit.staged)
+          BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K, true>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
+        else
+          BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K, false>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
       } else {
-        BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K>), unsigned(g.grid),
-                                 dim3(g.block_x, g.block_y), shared, stream, p);
+        if (fit.staged)
+          BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K, true>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
+        else
+          BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K, false>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
       }
-      return cudaGetLastError();
+      return launched_or([&] { return forward_training(a, stream); });
     });
   });
 }
@@ -554,10 +785,12 @@ cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream) {
     return dispatch_width<T>(width, [&](auto n) -> cudaError_t {
       constexpr int N = decltype(n)::value;
       constexpr int K = kPersistBackwardValues / N;
-      const PersistGeometry g = persist_geometry(t, N, kPersistBackwardValues);
-      if (g.grid > a.plan.persist_capacity) return backward(a, stream);
-      const size_t shared = backward_shared<N>(major);
+      const PersistFit fit = persist_fit(t, N, true, a.plan.persist);
+      if (!fit.fits) return backward(a, stream);
+      const PersistGeometry& g = fit.g;
       BackwardParams<T> p{};
+      p.staged = fit.staged;
+      p.stage_offset = unsigned(persist_scratch_bytes(major, N, true));
       p.g.c = t.c;
       set_counts(p.g, t.m());
       p.g.splits = g.splits;
@@ -576,22 +809,30 @@ cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream) {
       p.mask = a.ep.mask;
       p.spatial = t.spatial;
       if (major) {
-        BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K>), unsigned(g.grid),
-                                 dim3(g.block_x, g.block_y), shared, stream, p);
+        if (fit.staged)
+          BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K, true>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
+        else
+          BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K, false>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
       } else {
-        BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K>), unsigned(g.grid),
-                                 dim3(g.block_x, g.block_y), shared, stream, p);
+        if (fit.staged)
+          BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K, true>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
+        else
+          BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K, false>), unsigned(g.grid),
+                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
       }
-      return cudaGetLastError();
+      return launched_or([&] { return backward(a, stream); });
     });
   });
 }
 
-PersistOccupancy persistent_occupancy() {
+PersistOccupancy persistent_occupancy(int shared_optin) {
   PersistOccupancy o{};
-  occupancy_of_dtype<float>(o.forward[int(DType::F32)], o.backward[int(DType::F32)]);
-  occupancy_of_dtype<__half>(o.forward[int(DType::F16)], o.backward[int(DType::F16)]);
-  occupancy_of_dtype<__nv_bfloat16>(o.forward[int(DType::BF16)], o.backward[int(DType::BF16)]);
+  occupancy_of_dtype<float>(DType::F32, shared_optin, o.blocks);
+  occupancy_of_dtype<__half>(DType::F16, shared_optin, o.blocks);
+  occupancy_of_dtype<__nv_bfloat16>(DType::BF16, shared_optin, o.blocks);
   return o;
 }
 

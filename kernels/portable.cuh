@@ -7,12 +7,12 @@
 #if defined(BNORM_EMU)
 
 #define BNORM_LAUNCH(kernel, grid, block, smem, stream, ...)                          \
-  ::emu::launch(#kernel, dim3(grid), dim3(block), (smem), (stream),                   \
-                [=]() { kernel(__VA_ARGS__); }, false)
+  ::emu::launch(#kernel, reinterpret_cast<const void*>(&kernel), dim3(grid), dim3(block), \
+                (smem), (stream), [=]() { kernel(__VA_ARGS__); }, false)
 // Cooperative kernels take a single parameter struct.
 #define BNORM_LAUNCH_COOPERATIVE(kernel, grid, block, smem, stream, params)           \
-  ::emu::launch(#kernel, dim3(grid), dim3(block), (smem), (stream),                   \
-                [=]() { kernel(params); }, true)
+  ::emu::launch(#kernel, reinterpret_cast<const void*>(&kernel), dim3(grid), dim3(block), \
+                (smem), (stream), [=]() { kernel(params); }, true)
 #define BNORM_DYNAMIC_SHARED(name) unsigned char* name = ::emu::tls_block->shared
 #define BNORM_GRID_SYNC() ::emu::grid_sync(__FILE__, __LINE__)
 

@@ -17,10 +17,19 @@ struct alignas(sizeof(T) * N) Vec {
 };
 
 template <class T, int N>
-__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
-  const Vec<T, N> v = *reinterpret_cast<const Vec<T, N>*>(p);
+__device__ __forceinline__ Vec<T, N> load_raw(const T* p) {
+  return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+template <class T, int N>
+__device__ __forceinline__ void unpack(const Vec<T, N>& v, float (&out)[N]) {
 #pragma unroll
   for (int i = 0; i < N; ++i) out[i] = to_float(v.v[i]);
+}
+
+template <class T, int N>
+__device__ __forceinline__ void load_vec(const T* p, float (&out)[N]) {
+  unpack<T, N>(load_raw<T, N>(p), out);
 }
 
 template <class T, int N>

@@ -2,14 +2,18 @@
 // shapes the automatic choice sends to it, the fallback to the multi-pass
 // kernels where a tensor does not fit on chip, its results against the
 // reference at shapes that divide nothing (m == 2, c == 1, many channels,
-// both layouts, every dtype, with the fused epilogues), bitwise
+// both layouts, every dtype, with the fused epilogues), the same at shapes
+// past what the registers hold (the stage in shared memory), bitwise
 // repeatability under the randomized schedule, and the cumulative step
 // counter that one launch must read before it advances it.
 //
 // Under the emulator the grid counters (bnormEmuGridsRun) tell which
 // kernels ran: the persistent path is one cooperative grid. The emulated
-// device holds 64 cooperative blocks (8 SMs x 8), so a forward of more than
-// 64 * 8192 values does not fit and must fall back.
+// device holds 64 cooperative blocks (8 SMs x 8, 228 KB of shared memory an
+// SM), so registers alone hold 64 * 8192 values forward and 64 * 4096
+// backward; past that the stage holds the rest, up to about 0.9 M values
+// forward (0.45 M to 0.64 M backward, by width), and beyond it the call
+// falls back.
 #include <cmath>
 #include <cstring>
 
@@ -185,14 +189,15 @@ TEST(PersistentChoice, AutoLeavesItWhereOthersWin) {
   }
 }
 
-// 64 * 8200 values: more than the emulated device's 64 resident blocks
-// hold. AUTO and PERSISTENT both run the multi-pass kernels, correctly.
+// 1.2 M and 1 M values: more than the emulated device's 64 resident blocks
+// hold with registers and the largest stage. AUTO and PERSISTENT both run
+// the multi-pass kernels, correctly.
 TEST(PersistentChoice, FallsBackToMultiPassWhenTheTensorDoesNotFit) {
   BT_REQUIRE_DEVICE();
   BT_REQUIRE_EMU();
   bt::Handle h;
-  for (const Case& k : {Case{{64, 8, 1100}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},
-                        Case{{65600, 8, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF}}) {
+  for (const Case& k : {Case{{64, 8, 2400}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},
+                        Case{{131072, 8, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF}}) {
     for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT}) {
       SCOPED_TRACE(k.name() + " " + bt::path_name(path));
       const bnormConfig_t cfg = config(path);
@@ -247,9 +252,9 @@ std::vector<Case> odd_cases() {
 
 class PersistentResults : public ::testing::TestWithParam<Case> {};
 
-TEST_P(PersistentResults, ForwardMatchesReferenceWithEveryEpilogue) {
-  BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+// Forward training on the persistent path with each epilogue: one launch
+// (the mask zeroed inside it), matching the reference.
+void check_forward_every_epilogue(const Case& k) {
   bt::Handle h;
   for (bnormEpilogue_t ep : {BNORM_EPILOGUE_NONE, BNORM_EPILOGUE_RELU, BNORM_EPILOGUE_ADD_RELU}) {
     SCOPED_TRACE(::testing::Message() << "epilogue " << int(ep));
@@ -267,9 +272,10 @@ TEST_P(PersistentResults, ForwardMatchesReferenceWithEveryEpilogue) {
   }
 }
 
-TEST_P(PersistentResults, BackwardMatchesReferenceInPlaceAndFused) {
-  BT_REQUIRE_DEVICE();
-  const Case k = GetParam();
+// The backward with saved statistics on the persistent path: one launch,
+// separate and in place (dx == dy, dx == x), and through the fused ReLU and
+// the add.
+void check_backward_in_place_and_fused(const Case& k) {
   bt::Handle h;
   const bnormConfig_t cfg = config(BNORM_PATH_PERSISTENT);
   for (auto alias : {bt::BackwardRequest::kSeparate, bt::BackwardRequest::kDxIsDy,
@@ -312,8 +318,71 @@ TEST_P(PersistentResults, BackwardMatchesReferenceInPlaceAndFused) {
   }
 }
 
+TEST_P(PersistentResults, ForwardMatchesReferenceWithEveryEpilogue) {
+  BT_REQUIRE_DEVICE();
+  check_forward_every_epilogue(GetParam());
+}
+
+TEST_P(PersistentResults, BackwardMatchesReferenceInPlaceAndFused) {
+  BT_REQUIRE_DEVICE();
+  check_backward_in_place_and_fused(GetParam());
+}
+
 INSTANTIATE_TEST_SUITE_P(Odd, PersistentResults, ::testing::ValuesIn(odd_cases()),
                          bt::CaseName());
+
+// Past the registers: more values than 64 blocks hold in registers (8192 a
+// block forward, 4096 backward), so one cooperative grid means the stage in
+// shared memory held the rest. Every dtype, both layouts, vector widths 1,
+// 2, 4 and 8, odd extents (the last staged vector of a thread partly out of
+// the tensor).
+constexpr long long kRegisterValues[2] = {64LL * 8192, 64LL * 4096};  // forward, backward
+
+std::vector<Case> staged_forward_cases() {
+  return {Case{{67, 5, 1999}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},     // N = 1
+          Case{{3, 5, 40004}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},     // N = 4
+          Case{{3, 7, 30001}, BNORM_LAYOUT_NCHW, BNORM_DATA_HALF},      // N = 1
+          Case{{5, 3, 40000}, BNORM_LAYOUT_NCHW, BNORM_DATA_HALF},      // N = 8
+          Case{{2, 3, 100003}, BNORM_LAYOUT_NCHW, BNORM_DATA_BFLOAT16}, // N = 1
+          Case{{9001, 64, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF},      // N = 8
+          Case{{80003, 8, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF},      // N = 8, one column
+          Case{{20011, 32, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_FLOAT},    // N = 4
+          Case{{4099, 150, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_BFLOAT16}, // N = 2
+          Case{{12007, 48, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_BFLOAT16}};  // N = 8, a deep stage
+}
+
+std::vector<Case> staged_backward_cases() {
+  return {Case{{37, 3, 3001}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},     // N = 1
+          Case{{5, 9, 7001}, BNORM_LAYOUT_NCHW, BNORM_DATA_HALF},       // N = 1
+          Case{{5, 3, 40000}, BNORM_LAYOUT_NCHW, BNORM_DATA_HALF},      // N = 8
+          Case{{3, 2, 60007}, BNORM_LAYOUT_NCHW, BNORM_DATA_BFLOAT16},  // N = 1
+          Case{{2, 3, 100003}, BNORM_LAYOUT_NCHW, BNORM_DATA_BFLOAT16}, // N = 1, a deep stage
+          Case{{5003, 64, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF},      // N = 8
+          Case{{9999, 31, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_FLOAT},     // N = 1
+          Case{{2999, 96, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_BFLOAT16}}; // N = 8
+}
+
+class PersistentStagedForward : public ::testing::TestWithParam<Case> {};
+class PersistentStagedBackward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PersistentStagedForward, MatchesReferenceWithEveryEpilogue) {
+  BT_REQUIRE_DEVICE();
+  BT_REQUIRE_EMU();  // the register capacity is the emulated device's
+  ASSERT_GT(GetParam().s.n * GetParam().s.c * GetParam().s.spatial, kRegisterValues[0]);
+  check_forward_every_epilogue(GetParam());
+}
+
+TEST_P(PersistentStagedBackward, MatchesReferenceInPlaceAndFused) {
+  BT_REQUIRE_DEVICE();
+  BT_REQUIRE_EMU();
+  ASSERT_GT(GetParam().s.n * GetParam().s.c * GetParam().s.spatial, kRegisterValues[1]);
+  check_backward_in_place_and_fused(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Staged, PersistentStagedForward,
+                         ::testing::ValuesIn(staged_forward_cases()), bt::CaseName());
+INSTANTIATE_TEST_SUITE_P(Staged, PersistentStagedBackward,
+                         ::testing::ValuesIn(staged_backward_cases()), bt::CaseName());
 
 // ---- determinism and the step counter ---------------------------------------------------------
 

@@ -100,6 +100,15 @@ __global__ void shared_overrun_kernel(int n) {
 
 __global__ void trivial_kernel(int* out) { out[0] = 1; }
 
+__global__ void last_shared_byte_kernel(size_t bytes) {
+  BNORM_DYNAMIC_SHARED(smem);
+  if (threadIdx.x == 0) smem[bytes - 1] = 1;
+}
+__global__ void last_shared_byte_opt_in_kernel(size_t bytes) {
+  BNORM_DYNAMIC_SHARED(smem);
+  if (threadIdx.x == 0) smem[bytes - 1] = 1;
+}
+
 }  // namespace
 
 cudaError_t neighbour_exchange(const int* in, int* out, int n, bool with_barrier) {
@@ -173,6 +182,33 @@ cudaError_t oversized_block() {
   static int out[1];
   BNORM_LAUNCH(trivial_kernel, 1, 2048, 0, nullptr, out);
   return cudaGetLastError();
+}
+
+cudaError_t shared_launch(size_t bytes, bool opt_in) {
+  if (opt_in) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(reinterpret_cast<const void*>(&last_shared_byte_opt_in_kernel),
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    if (e != cudaSuccess) return e;
+    BNORM_LAUNCH(last_shared_byte_opt_in_kernel, 1, 32, bytes, nullptr, bytes);
+  } else {
+    BNORM_LAUNCH(last_shared_byte_kernel, 1, 32, bytes, nullptr, bytes);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t grid_exchange_shared(int* v, int* sum, int blocks, size_t shared) {
+  const GridParams p{v, sum};
+  BNORM_LAUNCH_COOPERATIVE(grid_kernel, blocks, 64, shared, nullptr, p);
+  return cudaGetLastError();
+}
+
+int grid_occupancy(size_t shared) {
+  int n = -1;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, reinterpret_cast<const void*>(&grid_kernel),
+                                                    64, shared) != cudaSuccess)
+    return -1;
+  return n;
 }
 
 }  // namespace emu_test

@@ -49,4 +49,16 @@ cudaError_t step_with_counter(float* v, int n, int* counter, cudaStream_t stream
 // A launch with 2048 threads per block (invalid configuration).
 cudaError_t oversized_block();
 
+// One block with `bytes` of dynamic shared memory (it writes the last
+// byte), after raising its kernel's limit to `bytes` with
+// cudaFuncSetAttribute when `opt_in` (the error of that call, if any, is
+// returned). Two kernels, so that the opt-in of one test is not the other's.
+cudaError_t shared_launch(size_t bytes, bool opt_in);
+
+// grid_exchange's cooperative grid of 64-thread blocks with `shared` bytes
+// of dynamic shared memory each (at most 48 KB: no opt-in), and the
+// occupancy query of its kernel at that size.
+cudaError_t grid_exchange_shared(int* v, int* sum, int blocks, size_t shared);
+int grid_occupancy(size_t shared);
+
 }  // namespace emu_test

@@ -127,6 +127,33 @@ TEST_F(Emulator, TooLargeCooperativeGridIsALaunchError) {
             cudaErrorCooperativeLaunchTooLarge);
 }
 
+// As on a GPU: past 48 KB a launch needs its kernel's opt-in, and no
+// opt-in passes the device's per-block limit (227 KB).
+TEST_F(Emulator, DynamicSharedPast48KBNeedsTheOptIn) {
+  EXPECT_EQ(emu_test::shared_launch(48 * 1024, false), cudaSuccess);
+  EXPECT_EQ(emu_test::shared_launch(64 * 1024, false), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(emu_test::shared_launch(228 * 1024, true), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue) << "a failed runtime call is the last error";
+  EXPECT_EQ(emu_test::shared_launch(227 * 1024, true), cudaSuccess);
+  EXPECT_EQ(emu_test::shared_launch(64 * 1024, false), cudaErrorInvalidValue)
+      << "the other kernel's opt-in is not this one's";
+}
+
+// A cooperative grid must be resident at once with its shared memory: 40 KB
+// a block (+ 1 KB reserved) leaves 5 blocks of 228 KB an SM, 40 on the 8
+// emulated SMs, which is also what the occupancy query says.
+TEST_F(Emulator, CooperativeGridMustBeResidentWithItsSharedMemory) {
+  const size_t shared = 40 * 1024;
+  EXPECT_EQ(emu_test::grid_occupancy(shared), 5);
+  EXPECT_EQ(emu_test::grid_occupancy(0), 8) << "threads allow 32, max_cooperative_blocks 8 an SM";
+  std::vector<int> v(41, 0), sum(41, 0);
+  ASSERT_EQ(emu_test::grid_exchange_shared(v.data(), sum.data(), 40, shared), cudaSuccess);
+  for (int b = 0; b < 40; ++b) EXPECT_EQ(sum[size_t(b)], 40 * 41 / 2);
+  EXPECT_EQ(emu_test::grid_exchange_shared(v.data(), sum.data(), 41, shared),
+            cudaErrorCooperativeLaunchTooLarge);
+}
+
 // The bugs below hang or are undefined on a GPU; the emulator aborts and
 // says what happened.
 using EmulatorDeathTest = Emulator;

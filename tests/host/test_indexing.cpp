@@ -133,27 +133,74 @@ TEST(HugePlans, GridsStayWithinCudaLimitsAndCoverTheTensor) {
   }
 }
 
-// The persistent path is planned only where its grid fits what the device
-// holds resident (blocks per SM x SMs), never for tiny tensors in AUTO,
-// never without cooperative launches, and never overflows on huge extents.
-TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
+// An H100's persistent limits (132 SMs, 228 KB of shared memory an SM, 1 KB
+// reserved a block, 227 KB a block at most) with the blocks an SM the
+// kernels are built for (persistent.cu): forward 2 either way, backward 3
+// with registers alone and 2 staging.
+bnormContext persistent_device() {
   bnormContext ctx = device(132);
   ctx.cooperative = true;
-  for (int t = 0; t < 3; ++t) ctx.persist_forward_per_sm[t] = 2, ctx.persist_backward_per_sm[t] = 3;
+  ctx.shared_per_sm = 228 * 1024;
+  ctx.shared_reserved = 1024;
+  ctx.shared_per_block_optin = 227 * 1024;
+  for (int t = 0; t < 3; ++t) {
+    ctx.persist_blocks[0][0][t] = ctx.persist_blocks[0][1][t] = 2;
+    ctx.persist_blocks[1][0][t] = 3;
+    ctx.persist_blocks[1][1][t] = 2;
+  }
+  return ctx;
+}
+
+k::Tensor tensor_of(const bnormTensorDesc_t& d) {
+  const k::DType dt = d.dtype == BNORM_DATA_FLOAT  ? k::DType::F32
+                      : d.dtype == BNORM_DATA_HALF ? k::DType::F16
+                                                   : k::DType::BF16;
+  const bool minor = d.layout == BNORM_LAYOUT_NHWC;
+  return {dt, minor ? k::Order::ChannelMinor : k::Order::ChannelMajor, d.n, d.c, d.spatial};
+}
+
+// The persistent path is planned only where its grid fits what the device
+// holds resident (blocks per SM x SMs, with the stage's shared memory),
+// never for tiny tensors in AUTO, never without cooperative launches, and
+// never overflows on huge extents.
+TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
+  const bnormContext ctx = persistent_device();
   using bnorm::host::Pass;
-  // 2^17 x 8 fp16 (the bench's spatial-1 case): 1 M values, 128 blocks of
-  // 8192 forward (<= 264), 256 of 4096 backward (<= 396).
+  // 2^17 x 8 fp16 (the bench's spatial-1 case): 1 M values, in registers
+  // alone: 128 blocks of 8192 forward (<= 264), 256 of 4096 backward (<= 396).
   const bnormTensorDesc_t fits = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 131072, 8, 1};
   for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT}) {
     const bnorm::host::Plan f = make_plan(ctx, fits, path, Pass::Forward);
     const bnorm::host::Plan b = make_plan(ctx, fits, path, Pass::Backward);
     EXPECT_TRUE(f.reduce.persistent && b.reduce.persistent) << path;
-    EXPECT_EQ(f.reduce.persist_capacity, 264);
-    EXPECT_EQ(b.reduce.persist_capacity, 396);
+    const k::PersistFit ff = k::persist_fit(tensor_of(fits), 8, false, f.reduce.persist);
+    const k::PersistFit bf = k::persist_fit(tensor_of(fits), 8, true, b.reduce.persist);
+    EXPECT_EQ(ff.staged, 0);
+    EXPECT_EQ(ff.g.grid, 128);
+    EXPECT_EQ(bf.staged, 0);
+    EXPECT_EQ(bf.g.grid, 256);
     EXPECT_GE(bnorm::host::forward_workspace_bytes(f), size_t(128) * 8 * 12);
     EXPECT_GE(bnorm::host::backward_workspace_bytes(b, false), size_t(256) * 8 * 8);
   }
   EXPECT_FALSE(make_plan(ctx, fits, BNORM_PATH_MULTI_PASS).reduce.persistent);
+  // BatchNorm1d 8192 x 1024 fp16 (8.4 M values): past the registers (2.2 M
+  // forward), held with a stage of shared memory forward; backward (two
+  // tensors on chip, 7.6 M values at most) does not fit.
+  const bnormTensorDesc_t staged = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 8192, 1024, 1};
+  const bnorm::host::Plan sf = make_plan(ctx, staged, BNORM_PATH_AUTO, Pass::Forward);
+  EXPECT_TRUE(sf.reduce.persistent);
+  const k::PersistFit sfit = k::persist_fit(tensor_of(staged), 8, false, sf.reduce.persist);
+  EXPECT_TRUE(sfit.fits);
+  EXPECT_GT(sfit.staged, 0);
+  EXPECT_LE(sfit.g.grid, 2 * 132);
+  EXPECT_LE(sfit.shared, size_t(227 * 1024));
+  EXPECT_GE(bnorm::host::forward_workspace_bytes(sf), size_t(sfit.g.splits) * 1024 * 12);
+  EXPECT_FALSE(make_plan(ctx, staged, BNORM_PATH_AUTO, Pass::Backward).reduce.persistent);
+  // Without the shared memory attributes, registers alone.
+  bnormContext no_shared = ctx;
+  no_shared.shared_per_sm = no_shared.shared_per_block_optin = 0;
+  EXPECT_FALSE(make_plan(no_shared, staged, BNORM_PATH_AUTO, Pass::Forward).reduce.persistent);
+  EXPECT_TRUE(make_plan(no_shared, fits, BNORM_PATH_AUTO, Pass::Forward).reduce.persistent);
   // ResNet-50's 256 x 64 x 56x56 (51 M values) does not fit: multi-pass.
   const bnormTensorDesc_t big = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 256, 64, 3136};
   EXPECT_FALSE(make_plan(ctx, big, BNORM_PATH_AUTO).reduce.persistent);
@@ -167,12 +214,15 @@ TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
   bnormContext plain = ctx;
   plain.cooperative = false;
   EXPECT_FALSE(make_plan(plain, fits, BNORM_PATH_PERSISTENT).reduce.persistent);
+  EXPECT_FALSE(make_plan(plain, staged, BNORM_PATH_PERSISTENT).reduce.persistent);
   plain = ctx;
-  plain.persist_forward_per_sm[int(bnorm::kernels::DType::F16)] = 0;
+  plain.persist_blocks[0][0][int(k::DType::F16)] = plain.persist_blocks[0][1][int(k::DType::F16)] = 0;
   EXPECT_FALSE(make_plan(plain, fits, BNORM_PATH_PERSISTENT).reduce.persistent);
+  EXPECT_FALSE(make_plan(plain, staged, BNORM_PATH_PERSISTENT).reduce.persistent);
   for (const bnormTensorDesc_t& d : huge_descs())
     for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT})
-      EXPECT_FALSE(make_plan(ctx, d, path, Pass::Backward).reduce.persistent) << str(d);
+      for (Pass pass : {Pass::Forward, Pass::Backward})
+        EXPECT_FALSE(make_plan(ctx, d, path, pass).reduce.persistent) << str(d);
 }
 
 TEST(HugePlans, TinyPathOnlyForTinyTensors) {

@@ -292,10 +292,11 @@ pick_tests() { # exe -> a --gtest_filter value (empty if the program lists no te
     /^  [^ ]/ { print suite $1 }')
   [[ -n $all ]] || return 0
   local picked
-  # small standard shapes in several layouts and types, at most three per
-  # test, twelve in all
+  # small standard shapes in several layouts and types (and the persistent
+  # kernels' odd ones, and one past the registers, for the stage in shared
+  # memory), at most three per test, twelve in all
   picked=$(echo "$all" |
-           grep -E '(NCHW_f32_n5_c37_s13|NHWC_f16_n5_c37_s13|NHWC_bf16_n2_c3_s5|NCHW_f16_n3_c7_s1|NHWC_f32_n2_c64_s9)$' |
+           grep -E '(NCHW_f32_n5_c37_s13|NHWC_f16_n5_c37_s13|NHWC_bf16_n2_c3_s5|NCHW_f16_n3_c7_s1|NHWC_f32_n2_c64_s9|NCHW_f32_n3_c7_s11|NHWC_bf16_n33_c17_s65|NHWC_f16_n40009_c50_s1)$' |
            awk '{ key = $0; sub(/\/[^\/]*$/, "", key); if (n[key]++ < 3) print }' | head -n 12 || true)
   if [[ $(echo "$picked" | grep -c . || true) -lt 3 ]]; then
     picked=$( (echo "$picked"; echo "$all" | head -n 6) | grep . | sort -u | head -n 8)

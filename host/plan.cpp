@@ -87,11 +87,12 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
   // memory, as few staged vectors as make the grid resident at once
   // (persist_fit: blocks per SM by registers, asked at bnormCreate, and by
   // the stage's shared memory). On an H100 (132 SMs, 228 KB of shared
-  // memory an SM; the kernels are built for 2 resident blocks forward, 3
-  // backward: persistent.cu) that is about 16 M values of fp16 forward and
-  // 8 M of fp32 (bench/NOTES.md). Beyond that a block would wait at the
-  // grid-wide barrier for one that cannot start: a cooperative launch
-  // refuses such a grid, so the multi-pass kernels run.
+  // memory an SM; the kernels are built for 2 resident blocks, 3 for the
+  // register-only backward: persistent.cu) that is about 14.6 M values of
+  // fp16 forward, 8.9 M of fp32, 7.6 M of fp16 backward, against 2.2 M and
+  // 1.6 M in registers alone (bench/NOTES.md). Beyond that a block would
+  // wait at the grid-wide barrier for one that cannot start: a cooperative
+  // launch refuses such a grid, so the multi-pass kernels run.
   // Never for tiny tensors in AUTO: one launch of one block (above) beats a
   // cooperative grid there. Planned at the natural vector width; the
   // launcher fits again at the width the pointers allow.

@@ -713,6 +713,16 @@ void occupancy_of_dtype(DType dtype, int shared_optin, int (&blocks)[2][2][3]) {
     for (int staged = 0; staged < 2; ++staged) blocks[dir][staged][dt] = best[dir][staged];
 }
 
+// Calls launch(std::true_type) for the staging kernels, launch(std::false_type)
+// for the register-only ones.
+template <class Launch>
+void with_stage(bool staged, Launch&& launch) {
+  if (staged)
+    launch(std::true_type{});
+  else
+    launch(std::false_type{});
+}
+
 // A cooperative grid the device cannot hold at once (persist_fit's
 // arithmetic against a device shared with others, e.g. under MPS) is
 // refused at launch, before anything runs: the multi-pass kernels run
@@ -752,21 +762,15 @@ cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream
       p.mask_words = int64_t(a.ep.mask_bytes / 4);
       p.spatial = t.spatial;
       p.relu = a.ep.kind != 0;
-      if (major) {
-        if (fit.staged)
-          BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K, true>), unsigned(g.grid),
+      with_stage(fit.staged > 0, [&](auto staged) {
+        constexpr bool S = decltype(staged)::value;
+        if (major)
+          BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K, S>), unsigned(g.grid),
                                    dim3(g.block_x, g.block_y), fit.shared, stream, p);
         else
-          BNORM_LAUNCH_COOPERATIVE((persist_forward_major<T, N, K, false>), unsigned(g.grid),
+          BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K, S>), unsigned(g.grid),
                                    dim3(g.block_x, g.block_y), fit.shared, stream, p);
-      } else {
-        if (fit.staged)
-          BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K, true>), unsigned(g.grid),
-                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
-        else
-          BNORM_LAUNCH_COOPERATIVE((persist_forward_minor<T, N, K, false>), unsigned(g.grid),
-                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
-      }
+      });
       return launched_or([&] { return forward_training(a, stream); });
     });
   });
@@ -808,21 +812,15 @@ cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream) {
       p.dz = dz;
       p.mask = a.ep.mask;
       p.spatial = t.spatial;
-      if (major) {
-        if (fit.staged)
-          BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K, true>), unsigned(g.grid),
+      with_stage(fit.staged > 0, [&](auto staged) {
+        constexpr bool S = decltype(staged)::value;
+        if (major)
+          BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K, S>), unsigned(g.grid),
                                    dim3(g.block_x, g.block_y), fit.shared, stream, p);
         else
-          BNORM_LAUNCH_COOPERATIVE((persist_backward_major<T, N, K, false>), unsigned(g.grid),
+          BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K, S>), unsigned(g.grid),
                                    dim3(g.block_x, g.block_y), fit.shared, stream, p);
-      } else {
-        if (fit.staged)
-          BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K, true>), unsigned(g.grid),
-                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
-        else
-          BNORM_LAUNCH_COOPERATIVE((persist_backward_minor<T, N, K, false>), unsigned(g.grid),
-                                   dim3(g.block_x, g.block_y), fit.shared, stream, p);
-      }
+      });
       return launched_or([&] { return backward(a, stream); });
     });
   });

@@ -6,6 +6,8 @@
 //             fixed tree), lane 0 finishes the channel, the warp normalizes;
 //   backward: (statistics if not saved,) the two gradient sums, lane 0
 //             finishes them, the warp writes dx.
+// A channel of one register chunk (Chunk) is read once, the later passes
+// working from the registers; longer channels are read again each pass.
 // Every lane reads each value it later writes, so y == x and dx == dy or x
 // are safe. The fused epilogue (epilogue.cuh) is applied as in the other
 // paths, one bit at a time. Used where m and n * c * spatial are small (host/plan.cpp) or when
@@ -28,6 +30,17 @@ constexpr int kTinyThreads = 256;  // 255 registers a thread: the double finish 
 // before any is used, so a channel costs one memory latency per pass (m <=
 // 32 * kTinyChunk = 256, as the automatic choice guarantees, is one chunk).
 constexpr int kTinyChunk = 8;
+
+// A lane's chunk of a channel, kept in registers from one pass to the next
+// where the channel is one chunk (m <= 32 * kTinyChunk, what the automatic
+// choice sends here): the later passes then read nothing again, and the
+// channel costs one memory latency, not two (three backward). The values are
+// the ones a reload would give, so the results are bitwise the same.
+struct Chunk {
+  float v[kTinyChunk];
+  int64_t o[kTinyChunk];
+  int count;
+};
 
 __device__ __forceinline__ float broadcast(float v) { return __shfl_sync(kFullMask, v, 0); }
 
@@ -64,10 +77,11 @@ __device__ __forceinline__ void mask_chunk(const uint32_t* mask, int count,
 }
 
 // The statistics of channel ch of x: every lane returns the same Affine;
-// lane 0 has written the outputs p names.
+// lane 0 has written the outputs p names. `keep` (one-chunk channels only,
+// else NULL) receives the lane's chunk of x.
 template <class T>
 __device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
-                                const StatsParams& p, double f) {
+                                const StatsParams& p, double f, Chunk* keep) {
   const float pivot = to_float(x[at(ch, 0)]);
   Welford s{};
 #pragma unroll 1
@@ -75,6 +89,11 @@ __device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
     float v[kTinyChunk];
     int64_t o[kTinyChunk];
     const int count = load_chunk(x, at, ch, j0, p.m, v, o);
+    if (keep) {
+#pragma unroll
+      for (int k = 0; k < kTinyChunk; ++k) keep->v[k] = v[k], keep->o[k] = o[k];
+      keep->count = count;
+    }
 #pragma unroll
     for (int k = 0; k < kTinyChunk; ++k) v[k] -= pivot;
     add_tile(s, v, count);
@@ -93,14 +112,23 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
   const T* z = static_cast<const T*>(ep.residual);
   const unsigned warps = blockDim.x / 32;
   const double f = average_factor(p);  // every thread reads it before the barrier below
+  const bool one_chunk = p.m <= 32 * kTinyChunk;
   for (int64_t ch = threadIdx.x / 32; ch < p.c; ch += warps) {
-    const Affine a = channel_stats(x, at, ch, p, f);
+    Chunk kept{};
+    const Affine a = channel_stats(x, at, ch, p, f, one_chunk && y ? &kept : nullptr);
     if (!y) continue;
 #pragma unroll 1
     for (int64_t j0 = 0; j0 < p.m; j0 += 32 * kTinyChunk) {
       float v[kTinyChunk];
       int64_t o[kTinyChunk];
-      const int count = load_chunk(x, at, ch, j0, p.m, v, o);
+      int count;
+      if (one_chunk) {
+#pragma unroll
+        for (int k = 0; k < kTinyChunk; ++k) v[k] = kept.v[k], o[k] = kept.o[k];
+        count = kept.count;
+      } else {
+        count = load_chunk(x, at, ch, j0, p.m, v, o);
+      }
       float zv[kTinyChunk] = {};
       if (z) load_chunk(z, at, ch, j0, p.m, zv, o);
 #pragma unroll
@@ -128,11 +156,51 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
                   bool recompute, EpilogueArgs ep) {
   T* dz = static_cast<T*>(ep.residual_grad);
   const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  // One-chunk channels: x and the masked dy stay in registers across the
+  // passes (Chunk); dx and dz are written only after every read of the
+  // channel, so dx == dy or x stays safe.
+  const bool one_chunk = g.m <= 32 * kTinyChunk;
   for (int64_t ch = threadIdx.x / 32; ch < g.c; ch += warps) {
+    Chunk xk{}, gk{};
+    bool have_x = false, have_g = false;
     if (recompute) {
-      channel_stats(x, at, ch, sp, 0.0);
+      channel_stats(x, at, ch, sp, 0.0, one_chunk ? &xk : nullptr);
+      have_x = one_chunk;
       __syncwarp();  // lane 0's ws_mean / ws_rstd, read below by every lane
     }
+    // This lane's chunk j0 of the masked dy and of x (x only if `with_x`).
+    auto chunk = [&](int64_t j0, bool with_x, float (&gv)[kTinyChunk], float (&xv)[kTinyChunk],
+                     int64_t (&o)[kTinyChunk]) {
+      int count;
+      if (have_g) {
+#pragma unroll
+        for (int u = 0; u < kTinyChunk; ++u) gv[u] = gk.v[u], o[u] = gk.o[u];
+        count = gk.count;
+      } else {
+        count = load_chunk(dy, at, ch, j0, g.m, gv, o);
+        if (ep.mask) mask_chunk(ep.mask, count, o, gv);
+      }
+      if (with_x) {
+        if (have_x) {
+#pragma unroll
+          for (int u = 0; u < kTinyChunk; ++u) xv[u] = xk.v[u];
+        } else {
+          load_chunk(x, at, ch, j0, g.m, xv, o);
+        }
+      }
+      if (one_chunk && !have_g) {
+#pragma unroll
+        for (int u = 0; u < kTinyChunk; ++u) gk.v[u] = gv[u], gk.o[u] = o[u];
+        gk.count = count;
+        have_g = true;
+      }
+      if (one_chunk && with_x && !have_x) {
+#pragma unroll
+        for (int u = 0; u < kTinyChunk; ++u) xk.v[u] = xv[u];
+        have_x = true;
+      }
+      return count;
+    };
     Coeffs k{};
     if (!g.frozen || g.dgamma) {
       const float mean = g.mean[ch];
@@ -141,9 +209,7 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
       for (int64_t j0 = 0; j0 < g.m; j0 += 32 * kTinyChunk) {
         float gv[kTinyChunk], xv[kTinyChunk];
         int64_t o[kTinyChunk];
-        const int count = load_chunk(dy, at, ch, j0, g.m, gv, o);
-        load_chunk(x, at, ch, j0, g.m, xv, o);
-        if (ep.mask) mask_chunk(ep.mask, count, o, gv);
+        const int count = chunk(j0, true, gv, xv, o);
 #pragma unroll
         for (int u = 0; u < kTinyChunk; ++u) {
           if (u < count) {
@@ -161,9 +227,7 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
     for (int64_t j0 = 0; j0 < g.m; j0 += 32 * kTinyChunk) {
       float gv[kTinyChunk], xv[kTinyChunk] = {};
       int64_t o[kTinyChunk];
-      const int count = load_chunk(dy, at, ch, j0, g.m, gv, o);
-      if (!g.frozen) load_chunk(x, at, ch, j0, g.m, xv, o);
-      if (ep.mask) mask_chunk(ep.mask, count, o, gv);
+      const int count = chunk(j0, !g.frozen, gv, xv, o);
 #pragma unroll
       for (int u = 0; u < kTinyChunk; ++u) {
         if (u < count) {

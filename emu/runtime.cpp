@@ -288,6 +288,7 @@ EMU_EXPORT cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* p, int dev
   p->sharedMemPerBlock = l.shared_per_block;
   p->sharedMemPerBlockOptin = l.shared_per_block_optin;
   p->sharedMemPerMultiprocessor = l.shared_per_sm;
+  p->reservedSharedMemPerBlock = l.shared_reserved;
   p->regsPerBlock = 65536;
   p->regsPerMultiprocessor = 65536;
   p->warpSize = 32;

@@ -35,33 +35,15 @@ bnormStatus_t bnormCreate(bnormHandle_t* handle) {
   ctx->cc_major = prop.major;
   ctx->cc_minor = prop.minor;
   ctx->max_grid_y = prop.maxGridSize[1] > 0 ? prop.maxGridSize[1] : 65535;
-  // Occupancy of the persistent kernels (their registers and shared memory
-  // as compiled for this device), asked once here so that planning stays
-  // host arithmetic.
-  int coop = 0;
-  if (cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device) != cudaSuccess) {
-    cudaGetLastError();
-    coop = 0;
-  }
-  ctx->cooperative = coop != 0;
-  // A device that does not report its shared memory gets no persistent
-  // path (persist_fit finds no room); one that does not report the
-  // per-block reserve is taken to reserve what sm_80 and sm_90 do.
-  auto attribute = [&](cudaDeviceAttr a) -> int64_t {
-    int v = 0;
-    if (cudaDeviceGetAttribute(&v, a, device) != cudaSuccess) {
-      cudaGetLastError();
-      return -1;
-    }
-    return v;
-  };
-  ctx->shared_per_sm = attribute(cudaDevAttrMaxSharedMemoryPerMultiprocessor);
-  ctx->shared_per_block_optin = attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin);
-  ctx->shared_reserved = attribute(cudaDevAttrReservedSharedMemoryPerBlock);
-  if (ctx->shared_per_sm < 0 || ctx->shared_per_block_optin < 0) {
-    ctx->shared_per_sm = ctx->shared_per_block_optin = 0;
-  }
-  if (ctx->shared_reserved < 0) ctx->shared_reserved = 1024;
+  // What the persistent kernels' planning needs (persist_fit): cooperative
+  // launches, the shared memory of an SM, the reserve of a block and the
+  // most a block may opt in to; then their occupancy (their registers and
+  // shared memory as compiled for this device), asked once here so that
+  // planning stays host arithmetic.
+  ctx->cooperative = prop.cooperativeLaunch != 0;
+  ctx->shared_per_sm = int64_t(prop.sharedMemPerMultiprocessor);
+  ctx->shared_per_block_optin = int64_t(prop.sharedMemPerBlockOptin);
+  ctx->shared_reserved = int64_t(prop.reservedSharedMemPerBlock);
   const bnorm::kernels::PersistOccupancy occ =
       bnorm::kernels::persistent_occupancy(int(ctx->shared_per_block_optin));
   std::memcpy(ctx->persist_blocks, occ.blocks, sizeof occ.blocks);

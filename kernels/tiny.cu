@@ -31,11 +31,13 @@ constexpr int kTinyThreads = 256;  // 255 registers a thread: the double finish 
 // 32 * kTinyChunk = 256, as the automatic choice guarantees, is one chunk).
 constexpr int kTinyChunk = 8;
 
-// A lane's chunk of a channel, kept in registers from one pass to the next
-// where the channel is one chunk (m <= 32 * kTinyChunk, what the automatic
-// choice sends here): the later passes then read nothing again, and the
-// channel costs one memory latency, not two (three backward). The values are
-// the ones a reload would give, so the results are bitwise the same.
+// A lane's chunk of a channel: value j0 + lane + 32 k in v[k], its element
+// offset in o[k], the first `count` valid. Where the channel is one chunk
+// (m <= 32 * kTinyChunk, what the automatic choice sends here) the chunk is
+// kept in registers from one pass to the next: the later passes read nothing
+// again, and the channel costs one memory latency, not two (three
+// backward). The values are the ones a reload would give, so the results are
+// bitwise the same.
 struct Chunk {
   float v[kTinyChunk];
   int64_t o[kTinyChunk];
@@ -44,36 +46,33 @@ struct Chunk {
 
 __device__ __forceinline__ float broadcast(float v) { return __shfl_sync(kFullMask, v, 0); }
 
-// Loads the chunk of channel ch that starts at value j0 into registers:
-// value j0 + lane + 32 k into v[k]. Returns how many of v are valid (a
-// prefix). `offset` receives the element offsets.
+// Loads the chunk of channel ch that starts at value j0 (every load issued
+// before any is used).
 template <class T>
-__device__ __forceinline__ int load_chunk(const T* p, const ChannelIndex& at, int64_t ch,
-                                          int64_t j0, int64_t m, float (&v)[kTinyChunk],
-                                          int64_t (&offset)[kTinyChunk]) {
+__device__ __forceinline__ Chunk load_chunk(const T* p, const ChannelIndex& at, int64_t ch,
+                                            int64_t j0, int64_t m) {
   const int64_t lane = threadIdx.x % 32;
-  int count = 0;
+  Chunk c;
+  c.count = 0;
 #pragma unroll
   for (int k = 0; k < kTinyChunk; ++k) {
     const int64_t j = j0 + lane + 32 * k;
-    v[k] = 0.0f;
-    offset[k] = 0;
+    c.v[k] = 0.0f;
+    c.o[k] = 0;
     if (j < m) {
-      offset[k] = at(ch, j);
-      v[k] = to_float(p[offset[k]]);
-      ++count;
+      c.o[k] = at(ch, j);
+      c.v[k] = to_float(p[c.o[k]]);
+      ++c.count;
     }
   }
-  return count;
+  return c;
 }
 
 // Zeroes the gradients of a chunk whose ReLU was closed.
-__device__ __forceinline__ void mask_chunk(const uint32_t* mask, int count,
-                                           const int64_t (&o)[kTinyChunk],
-                                           float (&g)[kTinyChunk]) {
+__device__ __forceinline__ void mask_chunk(const uint32_t* mask, Chunk& g) {
 #pragma unroll
   for (int k = 0; k < kTinyChunk; ++k)
-    if (k < count && !((mask[o[k] / 32] >> unsigned(o[k] % 32)) & 1u)) g[k] = 0.0f;
+    if (k < g.count && !((mask[g.o[k] / 32] >> unsigned(g.o[k] % 32)) & 1u)) g.v[k] = 0.0f;
 }
 
 // The statistics of channel ch of x: every lane returns the same Affine;
@@ -86,17 +85,12 @@ __device__ Affine channel_stats(const T* x, const ChannelIndex& at, int64_t ch,
   Welford s{};
 #pragma unroll 1
   for (int64_t j0 = 0; j0 < p.m; j0 += 32 * kTinyChunk) {
+    const Chunk c = load_chunk(x, at, ch, j0, p.m);
+    if (keep) *keep = c;
     float v[kTinyChunk];
-    int64_t o[kTinyChunk];
-    const int count = load_chunk(x, at, ch, j0, p.m, v, o);
-    if (keep) {
 #pragma unroll
-      for (int k = 0; k < kTinyChunk; ++k) keep->v[k] = v[k], keep->o[k] = o[k];
-      keep->count = count;
-    }
-#pragma unroll
-    for (int k = 0; k < kTinyChunk; ++k) v[k] -= pivot;
-    add_tile(s, v, count);
+    for (int k = 0; k < kTinyChunk; ++k) v[k] = c.v[k] - pivot;
+    add_tile(s, v, c.count);
   }
   s = warp_merge(s);
   Affine a{pivot, 0.0f, 0.0f};
@@ -119,27 +113,18 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
     if (!y) continue;
 #pragma unroll 1
     for (int64_t j0 = 0; j0 < p.m; j0 += 32 * kTinyChunk) {
-      float v[kTinyChunk];
-      int64_t o[kTinyChunk];
-      int count;
-      if (one_chunk) {
-#pragma unroll
-        for (int k = 0; k < kTinyChunk; ++k) v[k] = kept.v[k], o[k] = kept.o[k];
-        count = kept.count;
-      } else {
-        count = load_chunk(x, at, ch, j0, p.m, v, o);
-      }
-      float zv[kTinyChunk] = {};
-      if (z) load_chunk(z, at, ch, j0, p.m, zv, o);
+      const Chunk c = one_chunk ? kept : load_chunk(x, at, ch, j0, p.m);
+      const Chunk zc = z ? load_chunk(z, at, ch, j0, p.m) : Chunk{};
 #pragma unroll
       for (int k = 0; k < kTinyChunk; ++k) {
-        if (k < count) {
-          float out = fmaf(a.scale, v[k] - a.pivot, a.shift) + zv[k];
+        if (k < c.count) {
+          float out = fmaf(a.scale, c.v[k] - a.pivot, a.shift) + zc.v[k];
           if (ep.kind != 0) {
             out = relu(out);
-            if (ep.mask && out > 0.0f) atomicOr(ep.mask + o[k] / 32, 1u << unsigned(o[k] % 32));
+            if (ep.mask && out > 0.0f)
+              atomicOr(ep.mask + c.o[k] / 32, 1u << unsigned(c.o[k] % 32));
           }
-          y[o[k]] = from_float<T>(out);
+          y[c.o[k]] = from_float<T>(out);
         }
       }
     }
@@ -156,65 +141,40 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
                   bool recompute, EpilogueArgs ep) {
   T* dz = static_cast<T*>(ep.residual_grad);
   const unsigned lane = threadIdx.x % 32, warps = blockDim.x / 32;
-  // One-chunk channels: x and the masked dy stay in registers across the
-  // passes (Chunk); dx and dz are written only after every read of the
-  // channel, so dx == dy or x stays safe.
+  // The gradient sums read x and the masked dy, dx (frozen) dy alone.
+  const bool sums = !g.frozen || g.dgamma;
   const bool one_chunk = g.m <= 32 * kTinyChunk;
+  // The masked dy of chunk j0.
+  auto grads = [&](int64_t ch, int64_t j0) {
+    Chunk c = load_chunk(dy, at, ch, j0, g.m);
+    if (ep.mask) mask_chunk(ep.mask, c);
+    return c;
+  };
   for (int64_t ch = threadIdx.x / 32; ch < g.c; ch += warps) {
+    // One-chunk channels: x and the masked dy read once, here, and kept in
+    // registers across the passes; dx and dz are written only after every
+    // read of the channel, so dx == dy or x stays safe.
     Chunk xk{}, gk{};
-    bool have_x = false, have_g = false;
     if (recompute) {
       channel_stats(x, at, ch, sp, 0.0, one_chunk ? &xk : nullptr);
-      have_x = one_chunk;
       __syncwarp();  // lane 0's ws_mean / ws_rstd, read below by every lane
+    } else if (one_chunk && sums) {
+      xk = load_chunk(x, at, ch, 0, g.m);
     }
-    // This lane's chunk j0 of the masked dy and of x (x only if `with_x`).
-    auto chunk = [&](int64_t j0, bool with_x, float (&gv)[kTinyChunk], float (&xv)[kTinyChunk],
-                     int64_t (&o)[kTinyChunk]) {
-      int count;
-      if (have_g) {
-#pragma unroll
-        for (int u = 0; u < kTinyChunk; ++u) gv[u] = gk.v[u], o[u] = gk.o[u];
-        count = gk.count;
-      } else {
-        count = load_chunk(dy, at, ch, j0, g.m, gv, o);
-        if (ep.mask) mask_chunk(ep.mask, count, o, gv);
-      }
-      if (with_x) {
-        if (have_x) {
-#pragma unroll
-          for (int u = 0; u < kTinyChunk; ++u) xv[u] = xk.v[u];
-        } else {
-          load_chunk(x, at, ch, j0, g.m, xv, o);
-        }
-      }
-      if (one_chunk && !have_g) {
-#pragma unroll
-        for (int u = 0; u < kTinyChunk; ++u) gk.v[u] = gv[u], gk.o[u] = o[u];
-        gk.count = count;
-        have_g = true;
-      }
-      if (one_chunk && with_x && !have_x) {
-#pragma unroll
-        for (int u = 0; u < kTinyChunk; ++u) xk.v[u] = xv[u];
-        have_x = true;
-      }
-      return count;
-    };
+    if (one_chunk) gk = grads(ch, 0);
     Coeffs k{};
-    if (!g.frozen || g.dgamma) {
+    if (sums) {
       const float mean = g.mean[ch];
       Sum2 s{};
 #pragma unroll 1
       for (int64_t j0 = 0; j0 < g.m; j0 += 32 * kTinyChunk) {
-        float gv[kTinyChunk], xv[kTinyChunk];
-        int64_t o[kTinyChunk];
-        const int count = chunk(j0, true, gv, xv, o);
+        const Chunk gc = one_chunk ? gk : grads(ch, j0);
+        const Chunk xc = one_chunk ? xk : load_chunk(x, at, ch, j0, g.m);
 #pragma unroll
         for (int u = 0; u < kTinyChunk; ++u) {
-          if (u < count) {
-            s.a += gv[u];
-            s.b = fmaf(gv[u], xv[u] - mean, s.b);
+          if (u < gc.count) {
+            s.a += gc.v[u];
+            s.b = fmaf(gc.v[u], xc.v[u] - mean, s.b);
           }
         }
       }
@@ -225,16 +185,15 @@ __global__ void __launch_bounds__(kTinyThreads, 1)
     const float frozen_a = g.frozen ? float(frozen_scale(g.gamma, g.stat, ch, g.eps)) : 0.0f;
 #pragma unroll 1
     for (int64_t j0 = 0; j0 < g.m; j0 += 32 * kTinyChunk) {
-      float gv[kTinyChunk], xv[kTinyChunk] = {};
-      int64_t o[kTinyChunk];
-      const int count = chunk(j0, !g.frozen, gv, xv, o);
+      const Chunk gc = one_chunk ? gk : grads(ch, j0);
+      const Chunk xc = one_chunk || g.frozen ? xk : load_chunk(x, at, ch, j0, g.m);
 #pragma unroll
       for (int u = 0; u < kTinyChunk; ++u) {
-        if (u < count) {
-          const float d = g.frozen ? frozen_a * gv[u]
-                                   : k.a * ((gv[u] - k.mdy) - (xv[u] - k.mean) * k.k);
-          if (dz) dz[o[u]] = from_float<T>(gv[u]);
-          dx[o[u]] = from_float<T>(d);
+        if (u < gc.count) {
+          const float d = g.frozen ? frozen_a * gc.v[u]
+                                   : k.a * ((gc.v[u] - k.mdy) - (xc.v[u] - k.mean) * k.k);
+          if (dz) dz[gc.o[u]] = from_float<T>(gc.v[u]);
+          dx[gc.o[u]] = from_float<T>(d);
         }
       }
     }

@@ -352,7 +352,6 @@ EMU_EXPORT cudaError_t cudaRuntimeGetVersion(int* v) {
 // (above 48 KB only after it is raised here, as on a GPU, so that a missing
 // opt-in fails under the emulator too); the carveout is accepted and has
 // no effect.
-
 EMU_EXPORT cudaError_t cudaFuncSetAttribute(const void* func, enum cudaFuncAttribute attr,
                                             int value) {
   if (!func) return fail(cudaErrorInvalidDeviceFunction);

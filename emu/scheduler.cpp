@@ -650,10 +650,10 @@ void launch(const char* name, const void* func, dim3 grid, dim3 block, size_t sh
   }
   // A cooperative grid must be resident at once: every block of it on an SM
   // together, by threads and shared memory, as cudaLaunchCooperativeKernel
-  // checks (so a planner that overfills the shared memory fails here).
+  // checks (so a planner that overfills the shared memory fails here);
+  // resident_blocks_per_sm also keeps it within max_cooperative_blocks.
   if (cooperative &&
-      (blocks > uint64_t(lim.max_cooperative_blocks) ||
-       blocks > uint64_t(lim.sm_count) * uint64_t(resident_blocks_per_sm(threads, shared_bytes)))) {
+      blocks > uint64_t(lim.sm_count) * uint64_t(resident_blocks_per_sm(threads, shared_bytes))) {
     set_last_error(cudaErrorCooperativeLaunchTooLarge);
     return;
   }

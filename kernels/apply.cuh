@@ -5,12 +5,19 @@
 // An Op<N> provides
 //   struct Coef;                                  per-channel constants
 //   Coef coef(int64_t ch) const;                  read or compute them
-//   struct In;                                    one vector's inputs
-//   void load(int64_t offset, In&) const;         the N values at offset
+//   struct In;                                    one vector's inputs, as loaded
+//   void load(int64_t offset, In&) const;         issues the loads of the N
+//                                                 values at offset, reads none
 //   float compute(const Coef&, const In&, int i)  the result for value i
-//   void store(int64_t offset, const float (&)[N])
+//   void store(int64_t offset, const In&, const float (&)[N])
 // For ChannelMinor the N values of a vector are N channels; for
 // ChannelMajor they share one channel.
+//
+// A thread's kApplyUnroll loads are unconditional (a vector past the end
+// reloads one in bounds and stores nothing) and nothing reads them before
+// the last is issued, so all are in flight at once; the rules and why are in
+// channel_reduce.cuh. Every load of an iteration comes before its stores,
+// which keeps y == x (in place) correct.
 //
 // Both skeletons walk the tensor from its end towards its start: the
 // reduction pass before them walked it front to back, so the tail of the
@@ -40,17 +47,19 @@ __global__ void __launch_bounds__(kApplyThreads)
   const int64_t stride = int64_t(blockDim.y) * gridDim.y;
   for (int64_t r = rows - 1 - (int64_t(blockIdx.y) * blockDim.y + threadIdx.y); r >= 0;
        r -= kApplyUnroll * stride) {
-    typename Op::In in[kApplyUnroll] = {};
+    typename Op::In in[kApplyUnroll];
 #pragma unroll
-    for (int u = 0; u < kApplyUnroll; ++u)
-      if (r - u * stride >= 0) op.load((r - u * stride) * c + c0, in[u]);
+    for (int u = 0; u < kApplyUnroll; ++u) {
+      const int64_t ru = r - u * stride;
+      op.load((ru >= 0 ? ru : r) * c + c0, in[u]);
+    }
 #pragma unroll
     for (int u = 0; u < kApplyUnroll; ++u) {
       if (r - u * stride >= 0) {
         float out[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = op.compute(k[i], in[u], i);
-        op.store((r - u * stride) * c + c0, out);
+        op.store((r - u * stride) * c + c0, in[u], out);
       }
     }
   }
@@ -69,20 +78,21 @@ __global__ void __launch_bounds__(kApplyThreads)
   int64_t cached = -1;
   typename Op::Coef k[kApplyUnroll] = {};
   for (;;) {
-    typename Op::In in[kApplyUnroll] = {};
-    int64_t at[kApplyUnroll] = {};
+    typename Op::In in[kApplyUnroll];
+    int64_t at[kApplyUnroll];
     int live = 0;
 #pragma unroll
     for (int u = 0; u < kApplyUnroll; ++u) {
-      if (cur.i >= 0) {
+      const bool in_bounds = cur.i >= 0;
+      at[u] = (in_bounds ? cur.i : first) * N;
+      op.load(at[u], in[u]);
+      if (in_bounds) {
         if (cur.ch != cached) {
           cached = cur.ch;
           k[u] = op.coef(cached);
         } else {
           k[u] = u > 0 ? k[u - 1] : k[kApplyUnroll - 1];
         }
-        at[u] = cur.i * N;
-        op.load(at[u], in[u]);
         ++live;
         cur.retreat();
       }
@@ -93,7 +103,7 @@ __global__ void __launch_bounds__(kApplyThreads)
         float out[N];
 #pragma unroll
         for (int i = 0; i < N; ++i) out[i] = op.compute(k[u], in[u], i);
-        op.store(at[u], out);
+        op.store(at[u], in[u], out);
       }
     }
     if (live < kApplyUnroll) break;

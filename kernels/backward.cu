@@ -48,7 +48,7 @@ struct DxFrozenOp {
     float a;
   };
   struct In {
-    float g[N];
+    MaskedGrad<T, N> g;
   };
   const T* dy;
   T* dx;
@@ -61,14 +61,11 @@ struct DxFrozenOp {
   __device__ Coef coef(int64_t ch) const {
     return {float(frozen_scale(gamma, running_var, ch, eps))};
   }
-  __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(dy + offset, in.g);
-    if (mask) apply_mask<N>(mask, offset, in.g);
-    if (dz) store_vec<T, N>(dz + offset, in.g);
-  }
+  __device__ void load(int64_t offset, In& in) const { in.g.load(dy, mask, offset); }
   __device__ float compute(const Coef& c, const In& in, int i) const { return c.a * in.g[i]; }
-  __device__ void store(int64_t offset, const float (&out)[N]) const {
+  __device__ void store(int64_t offset, const In& in, const float (&out)[N]) const {
     store_vec<T, N>(dx + offset, out);
+    if (dz) store_grad<T, N>(dz + offset, in.g);
   }
 };
 

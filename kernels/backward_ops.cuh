@@ -26,8 +26,9 @@ struct GradAcc {
   struct Const {
     float mean;
   };
-  struct In {
-    float x[N], g[N];
+  struct In {  // raw, as channel_reduce.cuh asks
+    Packed<T, N> x;
+    MaskedGrad<T, N> g;
   };
   const T* x;
   const T* dy;
@@ -36,9 +37,8 @@ struct GradAcc {
 
   __device__ Const channel(int64_t ch) const { return {mean[ch]}; }
   __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(dy + offset, in.g);
-    load_vec<T, N>(x + offset, in.x);
-    if (mask) apply_mask<N>(mask, offset, in.g);
+    in.g.load(dy, mask, offset);
+    in.x = load_packed<T, N>(x + offset);
   }
   template <int K>
   __device__ void add_column(Sum2& s, const Const& k, const In (&in)[K], int lane,
@@ -47,8 +47,9 @@ struct GradAcc {
 #pragma unroll
     for (int j = 0; j < K; ++j) {
       if (j < count) {
-        sg += in[j].g[lane];
-        sgd = fmaf(in[j].g[lane], in[j].x[lane] - k.mean, sgd);
+        const float g = in[j].g[lane];
+        sg += g;
+        sgd = fmaf(g, in[j].x[lane] - k.mean, sgd);
       }
     }
     s.a += sg;
@@ -62,8 +63,9 @@ struct GradAcc {
       if (j < count) {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          sg += in[j].g[i];
-          sgd = fmaf(in[j].g[i], in[j].x[i] - k.mean, sgd);
+          const float g = in[j].g[i];
+          sg += g;
+          sgd = fmaf(g, in[j].x[i] - k.mean, sgd);
         }
       }
     }
@@ -78,7 +80,8 @@ template <class T, int N>
 struct DxFullOp {
   using Coef = Coeffs;
   struct In {
-    float x[N], g[N];
+    Packed<T, N> x;
+    MaskedGrad<T, N> g;
   };
   const T* x;
   const T* dy;
@@ -89,16 +92,15 @@ struct DxFullOp {
 
   __device__ Coef coef(int64_t ch) const { return coeffs[ch]; }
   __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(dy + offset, in.g);
-    load_vec<T, N>(x + offset, in.x);
-    if (mask) apply_mask<N>(mask, offset, in.g);
-    if (dz) store_vec<T, N>(dz + offset, in.g);
+    in.g.load(dy, mask, offset);
+    in.x = load_packed<T, N>(x + offset);
   }
   __device__ float compute(const Coef& c, const In& in, int i) const {
     return c.a * ((in.g[i] - c.mdy) - (in.x[i] - c.mean) * c.k);
   }
-  __device__ void store(int64_t offset, const float (&out)[N]) const {
+  __device__ void store(int64_t offset, const In& in, const float (&out)[N]) const {
     store_vec<T, N>(dx + offset, out);
+    if (dz) store_grad<T, N>(dz + offset, in.g);
   }
 };
 

@@ -7,8 +7,9 @@
 //   using State;                  the per-channel state (Welford, Sum2)
 //   struct Const;                 per-channel constants (pivot, mean)
 //   Const channel(int64_t ch);    read them
-//   struct In;                    one vector's inputs (N values per field)
-//   void load(int64_t offset, In&)
+//   struct In;                    one vector's inputs, as loaded (raw T)
+//   void load(int64_t offset, In&)  issues the loads and nothing that reads
+//       what they return
 //   void add_column(State&, const Const&, const In (&)[K], int lane, int count)
 //       folds value `lane` of the first `count` vectors (ChannelMinor: the
 //       lanes of a vector are channels)
@@ -17,10 +18,20 @@
 //       vector lies in one channel)
 // Both skeletons ask for two resident blocks per SM (at most 128 registers a
 // thread), the grid the planner sizes. Each thread double-buffers register
-// tiles of K vectors: the loads of the
-// next tile are in flight while the current one is folded (2 * K * 16 bytes
-// per thread), which the statistics pass needs to approach the copy rate at
-// the occupancy its registers allow.
+// tiles of K vectors: the loads of the next tile are in flight while the
+// current one is folded (2 * K * 16 bytes per thread), which the statistics
+// pass needs to approach the copy rate at the occupancy its registers allow.
+//
+// That only holds if nothing waits on a load before the tile's last load is
+// issued. Two rules keep it so (checked in the SASS, bench/NOTES.md
+// 2026-12-03): In is raw, converted to fp32 only in the fold (an fp16 load
+// converted where it is loaded is waited on there), and a tile's loads are
+// unconditional, their indices independent of each other (a vector past the
+// end reloads the thread's first, which is in bounds, and is not counted), so
+// no branch separates them from the fold before which ptxas should issue
+// them. Under `if (row < rows)` with the row carried from one load to the
+// next, ptxas branched around each load and its conversion: one 16-byte load
+// in flight per thread.
 #pragma once
 
 #include "dtype.cuh"
@@ -56,31 +67,33 @@ __global__ void __launch_bounds__(kReduceThreads, 2)
   S s[N];
 #pragma unroll
   for (int i = 0; i < N; ++i) s[i] = S{};
-  if (active) {
+  const int64_t stride = int64_t(blockDim.y) * gridDim.y;
+  const int64_t r0 = int64_t(blockIdx.y) * blockDim.y + ty;
+  if (active && r0 < rows) {
     typename Acc::Const k[N];
 #pragma unroll
     for (int i = 0; i < N; ++i) k[i] = acc.channel(c0 + i);
-    const int64_t stride = int64_t(blockDim.y) * gridDim.y;
-    int64_t r = int64_t(blockIdx.y) * blockDim.y + ty;
+    int64_t r = r0;
     // Software-pipelined: the next tile's loads are issued before the
     // current tile is folded, so 2 * K vectors per thread are in flight.
+    // Rows past the end reload row r0 (in bounds) and are not counted.
     auto load = [&](typename Acc::In(&t)[K]) {
       int count = 0;
 #pragma unroll
       for (int j = 0; j < K; ++j) {
-        if (r < rows) {
-          acc.load(r * c + c0, t[j]);
-          ++count;
-          r += stride;
-        }
+        const int64_t rj = r + j * stride;
+        const bool in = rj < rows;
+        acc.load((in ? rj : r0) * c + c0, t[j]);
+        count += in;
       }
+      r += K * stride;
       return count;
     };
     auto fold = [&](const typename Acc::In(&t)[K], int count) {
 #pragma unroll
       for (int i = 0; i < N; ++i) acc.add_column(s[i], k[i], t, i, count);
     };
-    typename Acc::In a[K] = {}, b[K] = {};
+    typename Acc::In a[K], b[K];
     int na = load(a);
     while (na > 0) {
       const int nb = load(b);
@@ -125,30 +138,33 @@ __global__ void __launch_bounds__(kReduceThreads, 2)
   const int64_t vectors = m / N;
   const int64_t stride = int64_t(blockDim.x) * gridDim.y;
   int64_t j = int64_t(blockIdx.y) * blockDim.x + threadIdx.x;
-  ChannelRunCursor cur(j, stride, spatial / N, c, ch);
   S s{};
-  // Software-pipelined as in reduce_channel_minor.
-  auto load = [&](typename Acc::In(&t)[K]) {
-    int count = 0;
+  if (j < vectors) {
+    ChannelRunCursor cur(j, stride, spatial / N, c, ch);
+    const int64_t first = cur.offset();
+    // Software-pipelined as in reduce_channel_minor; vectors past the end
+    // reload the thread's first (in bounds) and are not counted.
+    auto load = [&](typename Acc::In(&t)[K]) {
+      int count = 0;
 #pragma unroll
-    for (int u = 0; u < K; ++u) {
-      if (j < vectors) {
-        acc.load(cur.offset() * N, t[u]);
-        ++count;
+      for (int u = 0; u < K; ++u) {
+        const bool in = j < vectors;
+        acc.load((in ? cur.offset() : first) * N, t[u]);
+        count += in;
         j += stride;
         cur.advance();
       }
+      return count;
+    };
+    typename Acc::In a[K], b[K];
+    int na = load(a);
+    while (na > 0) {
+      const int nb = load(b);
+      acc.add_all(s, k, a, na);
+      if (nb == 0) break;
+      na = load(a);
+      acc.add_all(s, k, b, nb);
     }
-    return count;
-  };
-  typename Acc::In a[K] = {}, b[K] = {};
-  int na = load(a);
-  while (na > 0) {
-    const int nb = load(b);
-    acc.add_all(s, k, a, na);
-    if (nb == 0) break;
-    na = load(a);
-    acc.add_all(s, k, b, nb);
   }
   s = block_merge(s, reinterpret_cast<S*>(smem));
   if (threadIdx.x == 0) partials[int64_t(blockIdx.y) * c + ch] = s;

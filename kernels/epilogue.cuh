@@ -12,6 +12,7 @@
 #pragma once
 
 #include "dtype.cuh"
+#include "vector.cuh"
 
 namespace bnorm {
 namespace kernels {
@@ -47,6 +48,34 @@ __device__ __forceinline__ void apply_mask(const uint32_t* mask, int64_t o, floa
   const unsigned bits = mask_bits<N>(mask, o);
 #pragma unroll
   for (int i = 0; i < N; ++i) g[i] = (bits >> i) & 1u ? g[i] : 0.0f;
+}
+
+// One vector of g as loaded: dy and, with a mask, the word holding its bits,
+// both converted only where a value is read (see Packed), so that loading it
+// waits for nothing. g[i] is apply_mask's value.
+template <class T, int N>
+struct MaskedGrad {
+  Packed<T, N> dy;
+  uint32_t word;   // the mask word (all ones without a mask)
+  unsigned shift;  // where the vector's bits start in it
+
+  __device__ __forceinline__ void load(const T* src, const uint32_t* mask, int64_t o) {
+    dy = load_packed<T, N>(src + o);
+    shift = unsigned(o % 32);
+    word = mask ? __ldg(mask + o / 32) : ~0u;
+  }
+  __device__ __forceinline__ float operator[](int i) const {
+    return (word >> (shift + unsigned(i))) & 1u ? dy[i] : 0.0f;
+  }
+};
+
+// Stores g (dz of ADD_RELU): dy itself or an exact zero, so no rounding.
+template <class T, int N>
+__device__ __forceinline__ void store_grad(T* p, const MaskedGrad<T, N>& g) {
+  float v[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) v[i] = g[i];
+  store_vec<T, N>(p, v);
 }
 
 }  // namespace kernels

@@ -24,13 +24,13 @@ struct WelfordAcc {
     float pivot;
   };
   struct In {
-    float x[N];
+    Packed<T, N> x;
   };
   const T* x;
   int64_t pivot_stride;  // the pivot of channel ch is x[ch * pivot_stride]
 
   __device__ Const channel(int64_t ch) const { return {to_float(x[ch * pivot_stride])}; }
-  __device__ void load(int64_t offset, In& in) const { load_vec<T, N>(x + offset, in.x); }
+  __device__ void load(int64_t offset, In& in) const { in.x = load_packed<T, N>(x + offset); }
   template <int K>
   __device__ void add_column(Welford& s, const Const& k, const In (&in)[K], int lane,
                              int count) const {
@@ -57,7 +57,7 @@ struct NormalizeOp {
     float pivot, scale, shift;
   };
   struct In {
-    float x[N], z[N];
+    Packed<T, N> x, z;
   };
   const T* x;
   T* y;
@@ -70,14 +70,14 @@ struct NormalizeOp {
 
   __device__ Coef coef(int64_t ch) const { return {pivot[ch], scale[ch], shift[ch]}; }
   __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(x + offset, in.x);
-    if (z) load_vec<T, N>(z + offset, in.z);
+    in.x = load_packed<T, N>(x + offset);
+    in.z = z ? load_packed<T, N>(z + offset) : Packed<T, N>{};  // zeros, never read, without z
   }
   __device__ float compute(const Coef& k, const In& in, int i) const {
     const float v = fmaf(k.scale, in.x[i] - k.pivot, k.shift) + (z ? in.z[i] : 0.0f);
     return relu ? kernels::relu(v) : v;
   }
-  __device__ void store(int64_t offset, const float (&out)[N]) const {
+  __device__ void store(int64_t offset, const In&, const float (&out)[N]) const {
     store_vec<T, N>(y + offset, out);
     if (mask) set_mask_bits<N>(mask, offset, out);
   }

@@ -32,7 +32,7 @@ struct InferenceOp {
     float mean, scale, beta;
   };
   struct In {
-    float x[N], z[N];
+    Packed<T, N> x, z;
   };
   const T* x;
   T* y;
@@ -50,14 +50,14 @@ struct InferenceOp {
             beta ? beta[ch] : 0.0f};
   }
   __device__ void load(int64_t offset, In& in) const {
-    load_vec<T, N>(x + offset, in.x);
-    if (z) load_vec<T, N>(z + offset, in.z);
+    in.x = load_packed<T, N>(x + offset);
+    in.z = z ? load_packed<T, N>(z + offset) : Packed<T, N>{};  // zeros, never read, without z
   }
   __device__ float compute(const Coef& k, const In& in, int i) const {
     const float v = fmaf(in.x[i] - k.mean, k.scale, k.beta) + (z ? in.z[i] : 0.0f);
     return relu ? kernels::relu(v) : v;
   }
-  __device__ void store(int64_t offset, const float (&out)[N]) const {
+  __device__ void store(int64_t offset, const In&, const float (&out)[N]) const {
     store_vec<T, N>(y + offset, out);
     if (mask) set_mask_bits<N>(mask, offset, out);
   }

@@ -6,6 +6,9 @@
 // N); N = 1 is the scalar fallback.
 #pragma once
 
+#include <cstring>
+#include <type_traits>
+
 #include "dtype.cuh"
 
 namespace bnorm {
@@ -19,6 +22,29 @@ struct alignas(sizeof(T) * N) Vec {
 template <class T, int N>
 __device__ __forceinline__ Vec<T, N> load_raw(const T* p) {
   return *reinterpret_cast<const Vec<T, N>*>(p);
+}
+
+// A vector as loaded, held in 32-bit words until its values are used, for
+// loads that must stay in flight while other work runs (channel_reduce.cuh).
+// Held as T[N], 16-bit values are repacked by ptxas (PRMT) right after the
+// load, and that repacking waits for the load; a word is converted only
+// where a value is read (HADD2.F32 with a half selector).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Packed {
+  using Word = std::conditional_t<(sizeof(T) * N >= 4), uint32_t, uint16_t>;
+  Word w[sizeof(T) * N / sizeof(Word)];
+
+  // Value i, as fp32.
+  __device__ __forceinline__ float operator[](int i) const {
+    T e;
+    memcpy(&e, reinterpret_cast<const unsigned char*>(w) + i * sizeof(T), sizeof(T));
+    return to_float(e);
+  }
+};
+
+template <class T, int N>
+__device__ __forceinline__ Packed<T, N> load_packed(const T* p) {
+  return *reinterpret_cast<const Packed<T, N>*>(p);
 }
 
 template <class T, int N>

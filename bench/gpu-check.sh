@@ -12,6 +12,8 @@
 #      compute capability for BNORM_CUDA_ARCHITECTURES.
 #   2. configure + build (-DBNORM_BUILD_TESTS=ON) in BUILD_DIR (default
 #      build-gpu); with --no-build an existing build there is used as is.
+#   2b. bench/sass_mlp.py over cuobjdump's SASS of libbnorm: the loads each
+#      kernel's loop keeps in flight (skipped without cuobjdump).
 #   3. ctest -L gpu --output-on-failure; then the Python binding's pytest
 #      suite (python/tests) with $PYTHON's torch, CUDA variants included.
 #   4. compute-sanitizer memcheck, racecheck, synccheck, initcheck over a few
@@ -50,7 +52,7 @@ CTEST_TIMEOUT=${CTEST_TIMEOUT:-900} # seconds per test
 CTEST_JOBS=${CTEST_JOBS:-4}         # GPU tests run at once
 PYTHON=${PYTHON:-python3}
 
-usage() { sed -n '2,31p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "${BASH_SOURCE[0]}"; }
 
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -254,6 +256,17 @@ elif [[ $NO_BUILD -eq 1 ]]; then
 else
   step "build" "$LOG_DIR/build.log" do_build
 fi
+
+# ---- 2b. loads in flight, from the SASS of the built library ------------------------------------
+# bench/sass_mlp.py over cuobjdump's SASS of libbnorm for the card (see
+# bench/NOTES.md, 2026-12-03): a record beside the timings of how many loads
+# each kernel's loop keeps in flight. Needs no run; skipped without cuobjdump.
+run_sass_mlp() {
+  command -v cuobjdump >/dev/null || { echo "no cuobjdump on PATH: skipped"; return 77; }
+  [[ -f $BUILD_DIR/libbnorm.so ]] || { echo "no $BUILD_DIR/libbnorm.so"; return 1; }
+  cuobjdump -sass ${ARCH:+-arch sm_$ARCH} "$BUILD_DIR/libbnorm.so" | "$PYTHON" "$ROOT/bench/sass_mlp.py"
+}
+step "SASS loads in flight" "$LOG_DIR/sass-mlp.txt" run_sass_mlp
 
 # ---- 3. the GPU tests ---------------------------------------------------------------------------
 run_ctest() {

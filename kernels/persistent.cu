@@ -232,10 +232,13 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
   if (live) {
     pivot = to_float(p.x[ch * p.s.pivot_stride]);
     ChannelRunCursor cur(j0, 32, p.spatial / N, c, ch);
+    // Raw until the stage is loaded too, so that the register loads stay in
+    // flight beside the stage's (channel_reduce.cuh says why).
+    Packed<T, N> raw[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (j0 + 32 * k < vectors) {
-        load_vec<T, N>(p.x + cur.offset() * N, d[k]);
+        raw[k] = load_packed<T, N>(p.x + cur.offset() * N);
         ++count;
       }
       cur.advance();
@@ -252,7 +255,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
 #pragma unroll
     for (int k = 0; k < K; ++k)
 #pragma unroll
-      for (int i = 0; i < N; ++i) flat[k * N + i] = d[k][i] -= pivot;
+      for (int i = 0; i < N; ++i) flat[k * N + i] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pivot;
     add_tile(s, flat, count * N);
     fold_stage<T, N>(s, stage, tid, held, pivot);
   }
@@ -354,11 +357,12 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
   if (active) {
 #pragma unroll
     for (int i = 0; i < N; ++i) pv[i] = to_float(p.x[c0 + i]);
+    Packed<T, N> raw[K];  // raw until the stage is loaded, as in persist_forward_major
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t r = r0 + int64_t(rows) * k;
       if (r < m) {
-        load_vec<T, N>(p.x + r * c + c0, d[k]);
+        raw[k] = load_packed<T, N>(p.x + r * c + c0);
         ++count;
       }
     }
@@ -374,7 +378,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
     for (int i = 0; i < N; ++i) {
       float col[K];
 #pragma unroll
-      for (int k = 0; k < K; ++k) col[k] = d[k][i] -= pv[i];
+      for (int k = 0; k < K; ++k) col[k] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pv[i];
       add_tile(s[i], col, count);
     }
     fold_stage<T, N>(s, stage, tid, held, pv);

@@ -23,9 +23,10 @@
 // pass needs to approach the copy rate at the occupancy its registers allow.
 //
 // That only holds if nothing waits on a load before the tile's last load is
-// issued. Two rules keep it so (checked in the SASS, bench/NOTES.md
-// 2026-12-03): In is raw, converted to fp32 only in the fold (an fp16 load
-// converted where it is loaded is waited on there), and a tile's loads are
+// issued. Two rules keep it so (checked in the SASS with bench/sass_mlp.py;
+// bench/NOTES.md, 2026-12-03, second session): In is raw, 32-bit words
+// (Packed) converted to fp32 only in the fold (an fp16 load converted where
+// it is loaded is waited on there), and a tile's loads are
 // unconditional, their indices independent of each other (a vector past the
 // end reloads the thread's first, which is in bounds, and is not counted), so
 // no branch separates them from the fold before which ptxas should issue

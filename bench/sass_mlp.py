@@ -69,6 +69,8 @@ def parse(lines):
             for label in pending:
                 labels[label] = len(insns)
             pending = []
+            # cuobjdump may print a branch target as an address: index those too.
+            labels[hex(int(m.group(1), 16))] = len(insns)
             insns.append((m.group(3), m.group(4)))
     return funcs
 
@@ -79,9 +81,10 @@ def largest_loop(insns, labels):
     for i, (op, args) in enumerate(insns):
         if not op.startswith('BRA'):
             continue
-        m = re.search(r'\((\.L_x_\d+)\)', args)
-        if m and m.group(1) in labels and labels[m.group(1)] <= i:
-            lo = labels[m.group(1)]
+        m = re.search(r'\((\.L_x_\d+)\)', args) or re.search(r'\b(0x[0-9a-f]+)\b', args)
+        target = m and (m.group(1) if m.group(1).startswith('.') else hex(int(m.group(1), 16)))
+        if target and target in labels and labels[target] <= i:
+            lo = labels[target]
             if not found or i - lo > best[1] - best[0]:
                 best, found = (lo, i), True
     return best

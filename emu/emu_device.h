@@ -19,8 +19,10 @@
 //  3. Use only what this header provides: the index built-ins,
 //     __syncthreads, __syncwarp, the *_sync shuffles and votes, atomics on
 //     integers, the fp16/bf16 types and the math functions defined below.
-//     Anything else (inline PTX, cp.async, CUB, wmma) sits behind
-//     #ifdef __CUDA_ARCH__ with a portable fallback.
+//     Anything else (inline PTX, CUB, wmma) sits behind #ifdef
+//     __CUDA_ARCH__ with a portable fallback; cp.async goes through
+//     kernels/async_copy.cuh, which the emulator runs as late as the
+//     hardware may (emu::async_copy below).
 //  4. Grid-wide sync (BNORM_GRID_SYNC) only in kernels launched through
 //     BNORM_LAUNCH_COOPERATIVE; such a kernel takes its grid size from
 //     gridDim, never assumes it.
@@ -44,6 +46,7 @@
 #include <cstring>
 #include <functional>
 #include <type_traits>
+#include <vector>
 
 #ifdef __launch_bounds__
 #undef __launch_bounds__
@@ -67,18 +70,27 @@ struct BlockState;
 BNORM_EMU_API extern thread_local ThreadState* tls_thread;
 BNORM_EMU_API extern thread_local BlockState* tls_block;
 
+// A copy started by copy_async (kernels/async_copy.cuh) and not yet waited for.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+
 // The parts of a thread's and a block's state that kernel code reads.
 struct ThreadState {
   uint3 idx;
   unsigned linear;
   unsigned lane;
   unsigned warp;
+  std::vector<AsyncCopy> async_pending;  // they land at async_wait_all, not before
 };
 struct BlockState {
   uint3 idx;
   dim3 dim;
   dim3 grid;
   unsigned char* shared;
+  size_t shared_bytes;
 };
 
 // Block-wide barrier: every live thread of the block, from one source line.
@@ -91,6 +103,14 @@ BNORM_EMU_API void syncwarp(unsigned mask);
 BNORM_EMU_API uint64_t warp_exchange(unsigned mask, uint64_t mine, int src);
 BNORM_EMU_API unsigned warp_ballot(unsigned mask, bool pred);
 BNORM_EMU_API void grid_sync(const char* file, int line);
+// cp.async as a GPU may run it at its latest: the copy of `bytes` from
+// global src to shared dst (both aligned to `bytes`, dst inside the block's
+// dynamic shared memory, else the process aborts) is made only when the
+// thread calls async_wait_all, so a read of dst before the wait sees the
+// poisoned shared memory, and a thread that exits with copies not waited
+// for aborts.
+BNORM_EMU_API void async_copy(void* dst, const void* src, size_t bytes);
+BNORM_EMU_API void async_wait_all();
 
 using KernelBody = std::function<void()>;
 // Runs the grid to completion on the CPU. A bad configuration sets the

@@ -210,6 +210,10 @@ class Worker {
         asan_finish(nullptr, &tp->sched_bottom, &tp->sched_size);
         while (!tp->quit) {
           (*static_cast<Block*>(tls_block)->body)();
+          if (!tp->async_pending.empty())
+            fatal("%s: thread %u exits with %zu copy_async copies not waited for",
+                  where(*static_cast<Block*>(tls_block)).c_str(), tp->linear,
+                  tp->async_pending.size());
           tp->wait = Wait::Done;
           yield(tp);
         }
@@ -402,10 +406,12 @@ void run_block(Block& b, unsigned char* shared, size_t shared_bytes, uint64_t la
     t->wait = Wait::Ready;
     t->gen = 0;
     t->warp_mask = 0;
+    t->async_pending.clear();
   }
   b.warps.assign((b.nthreads + 31) / 32, WarpSlots{});
   if (shared_bytes) std::memset(shared, 0xff, shared_bytes);
   b.shared = shared;
+  b.shared_bytes = shared_bytes;
   tls_block = &b;
 
   std::vector<unsigned> order(b.nthreads);
@@ -527,6 +533,26 @@ void grid_sync(const char* file, int line) {
   t->file = file;
   t->line = line;
   yield(t);
+}
+
+void async_copy(void* dst, const void* src, size_t bytes) {
+  Thread* t = current_thread();
+  Block* b = current_block();
+  const auto d = reinterpret_cast<uintptr_t>(dst), sp = reinterpret_cast<uintptr_t>(src),
+             lo = reinterpret_cast<uintptr_t>(b->shared);
+  if (bytes == 0 || d % bytes != 0 || sp % bytes != 0)
+    fatal("%s: thread %u: copy_async of %zu bytes from %p to %p is not aligned to its size",
+          where(*b).c_str(), t->linear, bytes, src, dst);
+  if (d < lo || d + bytes > lo + b->shared_bytes)
+    fatal("%s: thread %u: copy_async to %p, outside the block's %zu bytes of shared memory",
+          where(*b).c_str(), t->linear, dst, b->shared_bytes);
+  t->async_pending.push_back(AsyncCopy{dst, src, bytes});
+}
+
+void async_wait_all() {
+  Thread* t = current_thread();
+  for (const AsyncCopy& c : t->async_pending) std::memcpy(c.dst, c.src, c.bytes);
+  t->async_pending.clear();
 }
 
 static void warp_wait(Thread* t, unsigned mask) {

@@ -1,5 +1,6 @@
 // Kernels that exercise the emulator itself; see emu_test_kernels.h.
 #include "emu_test_kernels.h"
+#include "kernels/async_copy.cuh"
 #include "kernels/portable.cuh"
 
 namespace emu_test {
@@ -98,6 +99,32 @@ __global__ void shared_overrun_kernel(int n) {
   reinterpret_cast<volatile int*>(smem)[n] = 1;
 }
 
+// Thread t copies in[t] into shared slot t with copy_async and reads the
+// slot before and after waiting.
+__global__ void async_copy_kernel(const int* in, int* before, int* after) {
+  BNORM_DYNAMIC_SHARED(smem);
+  int* s = reinterpret_cast<int*>(smem);
+  const int t = threadIdx.x;
+  bnorm::kernels::copy_async(&s[t], &in[t]);
+  before[t] = s[t];
+  bnorm::kernels::async_wait_all();
+  after[t] = s[t];
+}
+
+// mode 0: exits without waiting; 1: a misaligned source; 2: a destination
+// past the end of the shared memory.
+__global__ void bad_async_copy_kernel(const int* in, int mode) {
+  BNORM_DYNAMIC_SHARED(smem);
+  int* s = reinterpret_cast<int*>(smem);
+  const int t = threadIdx.x;
+  if (mode == 1)
+    bnorm::kernels::copy_async(&s[t], reinterpret_cast<const int*>(
+                                          reinterpret_cast<const char*>(in + t) + 2));
+  else
+    bnorm::kernels::copy_async(&s[t + (mode == 2 ? int(blockDim.x) : 0)], &in[t]);
+  if (mode != 0) bnorm::kernels::async_wait_all();
+}
+
 __global__ void trivial_kernel(int* out) { out[0] = 1; }
 
 __global__ void last_shared_byte_kernel(size_t bytes) {
@@ -165,6 +192,17 @@ cudaError_t shuffle_without_own_lane() {
 cudaError_t shuffle_with_exited_lane() {
   static int out[32];
   BNORM_LAUNCH(exited_lane_kernel, 1, 32, 0, nullptr, out);
+  return cudaGetLastError();
+}
+
+cudaError_t async_copy_at_wait(const int* in, int* before, int* after, int n) {
+  BNORM_LAUNCH(async_copy_kernel, 1, n, size_t(n) * sizeof(int), nullptr, in, before, after);
+  return cudaGetLastError();
+}
+
+cudaError_t bad_async_copy(int mode) {
+  static int in[33];
+  BNORM_LAUNCH(bad_async_copy_kernel, 1, 32, 32 * sizeof(int), nullptr, in, mode);
   return cudaGetLastError();
 }
 

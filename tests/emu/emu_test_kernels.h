@@ -39,6 +39,14 @@ cudaError_t divergent_barriers();        // even/odd threads at different lines
 cudaError_t shuffle_without_own_lane();  // mask excludes the caller
 cudaError_t shuffle_with_exited_lane();  // lane 31 exits, the rest shuffle with it
 
+// One block of n threads: thread t starts copy_async of in[t] into shared
+// memory, records the slot in before[t], waits, records it in after[t].
+cudaError_t async_copy_at_wait(const int* in, int* before, int* after, int n);
+// A copy_async the emulator must refuse, aborting with a message: mode 0
+// exits without waiting, 1 copies from a misaligned source, 2 to a slot past
+// the launch's shared memory.
+cudaError_t bad_async_copy(int mode);
+
 // Writes one int past the end of the launch's dynamic shared memory.
 cudaError_t shared_overrun();
 

@@ -50,6 +50,20 @@ TEST_F(Emulator, SharedMemoryIsPoisonedAtBlockStart) {
   for (int v : out) EXPECT_EQ(v, -1);
 }
 
+// A copy_async lands when its thread waits, not before: a read ahead of
+// the wait sees the poison, which is how a kernel that forgot the wait
+// fails its tests here.
+TEST_F(Emulator, AsyncCopyLandsAtTheWait) {
+  const int n = 96;
+  std::vector<int> in(n), before(n, 7), after(n, 7);
+  for (int i = 0; i < n; ++i) in[size_t(i)] = 1000 + 3 * i;
+  ASSERT_EQ(emu_test::async_copy_at_wait(in.data(), before.data(), after.data(), n), cudaSuccess);
+  for (int i = 0; i < n; ++i) {
+    EXPECT_EQ(before[size_t(i)], -1) << i;
+    EXPECT_EQ(after[size_t(i)], in[size_t(i)]) << i;
+  }
+}
+
 class WarpCollectives : public ::testing::TestWithParam<int> {};
 
 TEST_P(WarpCollectives, MatchCudaSemantics) {
@@ -183,6 +197,21 @@ TEST_F(EmulatorDeathTest, GridSyncOutsideACooperativeLaunchAborts) {
   std::vector<int> v(4), sum(4);
   EXPECT_DEATH(emu_test::grid_exchange(v.data(), sum.data(), 4, false),
                "not launched cooperatively");
+}
+
+TEST_F(EmulatorDeathTest, AsyncCopyNotWaitedForAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::bad_async_copy(0), "copy_async copies not waited for");
+}
+
+TEST_F(EmulatorDeathTest, MisalignedAsyncCopyAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::bad_async_copy(1), "not aligned to its size");
+}
+
+TEST_F(EmulatorDeathTest, AsyncCopyOutsideSharedMemoryAborts) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(emu_test::bad_async_copy(2), "outside the block's 128 bytes of shared memory");
 }
 
 #if defined(__SANITIZE_ADDRESS__)

@@ -12,13 +12,14 @@
 // Only the schedule differs. Every thread keeps its slice on chip (launch.h):
 // K vectors of N values a tensor in registers, in fp32 and already in the
 // form both phases use (x - pivot forward, the masked g and x - mean
-// backward), then `staged` vectors of raw activations (g already masked) in
-// dynamic shared memory, converted again where they are used; the
-// conversion is exact and the subtraction the same, so that no value is
-// read twice and the statistics and the output see bitwise the same
-// operands as NormalizeOp and DxFullOp. A thread's stage is its own: no
-// barrier guards it.
-//   1. load the slice (the stage's loads unrolled, several in flight); fold
+// backward), then `staged` vectors of raw activations (dy masked once it
+// has landed) in dynamic shared memory, converted again where they are
+// used; the conversion is exact and the subtraction the same, so that no
+// value is read twice and the statistics and the output see bitwise the
+// same operands as NormalizeOp and DxFullOp. A thread's stage is its own:
+// no barrier guards it.
+//   1. load the slice (the stage by cp.async, async_copy.cuh: all of it in
+//      flight while the register tile folds); fold
 //      it into one partial state per channel and unit
 //      (a warp on one channel for ChannelMajor, a block of column vectors
 //      for ChannelMinor, merged by a fixed tree) and write it to the
@@ -45,6 +46,7 @@
 // fmaf, + z, ReLU and mask bits.
 #include <type_traits>
 
+#include "async_copy.cuh"
 #include "dtype.cuh"
 #include "epilogue.cuh"
 #include "finalize.cuh"
@@ -246,7 +248,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
 #pragma unroll 4
     for (int k = 0; k < staged; ++k) {
       if (j0 + 32 * int64_t(K + k) < vectors) {
-        staged_vec(stage, k, tid) = load_raw<T, N>(p.x + cur.offset() * N);
+        copy_async(&staged_vec(stage, k, tid), as_vec<T, N>(p.x + cur.offset() * N));
         ++held;
       }
       cur.advance();
@@ -256,7 +258,8 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
     for (int k = 0; k < K; ++k)
 #pragma unroll
       for (int i = 0; i < N; ++i) flat[k * N + i] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pivot;
-    add_tile(s, flat, count * N);
+    add_tile(s, flat, count * N);  // while the stage lands
+    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
     fold_stage<T, N>(s, stage, tid, held, pivot);
   }
   s = warp_merge(s);
@@ -370,7 +373,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
     for (int k = 0; k < staged; ++k) {
       const int64_t r = r0 + int64_t(rows) * (K + k);
       if (r < m) {
-        staged_vec(stage, k, tid) = load_raw<T, N>(p.x + r * c + c0);
+        copy_async(&staged_vec(stage, k, tid), as_vec<T, N>(p.x + r * c + c0));
         ++held;
       }
     }
@@ -379,8 +382,9 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
       float col[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) col[k] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pv[i];
-      add_tile(s[i], col, count);
+      add_tile(s[i], col, count);  // while the stage lands
     }
+    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
     fold_stage<T, N>(s, stage, tid, held, pv);
   }
   column_tree<N>(s, reinterpret_cast<Welford*>(smem));
@@ -432,19 +436,23 @@ __device__ __forceinline__ void load_grads(const BackwardParams<T>& p, int64_t o
   for (int i = 0; i < N; ++i) xm[i] -= mean[i];
 }
 
-// Stages one vector of dy (masked: a zero is exact in any dtype, so g
-// unpacks to what load_grads computes) and of x.
+// Starts staging one vector of dy and of x (async_copy.cuh); dy is masked
+// once both have landed (mask_staged).
 template <class T, int N>
 __device__ __forceinline__ void stage_grads(const BackwardParams<T>& p, int64_t o,
                                             Vec<T, N>& g, Vec<T, N>& x) {
-  g = load_raw<T, N>(p.dy + o);
-  x = load_raw<T, N>(p.x + o);
-  if (p.mask) {
-    const unsigned bits = mask_bits<N>(p.mask, o);
+  copy_async(&g, as_vec<T, N>(p.dy + o));
+  copy_async(&x, as_vec<T, N>(p.x + o));
+}
+
+// Zeroes the staged dy values whose ReLU was closed: a zero is exact in any
+// dtype, so g unpacks to what load_grads computes.
+template <class T, int N>
+__device__ __forceinline__ void mask_staged(const uint32_t* mask, int64_t o, Vec<T, N>& g) {
+  const unsigned bits = mask_bits<N>(mask, o);
 #pragma unroll
-    for (int i = 0; i < N; ++i)
-      if (!((bits >> i) & 1u)) g.v[i] = from_float<T>(0.0f);
-  }
+  for (int i = 0; i < N; ++i)
+    if (!((bits >> i) & 1u)) g.v[i] = from_float<T>(0.0f);
 }
 
 // g and x - mean of a staged pair, bitwise what the register copy holds.
@@ -517,6 +525,15 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
           s.a += g[k][i];
           s.b = fmaf(g[k][i], xm[k][i], s.b);
         }
+      }
+    }
+    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
+    if (p.mask) {
+      ChannelRunCursor mc(j0 + 32 * int64_t(K), 32, p.spatial / N, c, ch);
+#pragma unroll 4
+      for (int k = 0; k < held; ++k) {
+        mask_staged<T, N>(p.mask, mc.offset() * N, staged_vec(gstage, k, tid));
+        mc.advance();
       }
     }
     for (int k = 0; k < held; ++k) {
@@ -611,6 +628,13 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
           s[i].b = fmaf(g[k][i], xm[k][i], s[i].b);
         }
       }
+    }
+    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
+    if (p.mask) {
+#pragma unroll 4
+      for (int k = 0; k < held; ++k)
+        mask_staged<T, N>(p.mask, (r0 + int64_t(rows) * (K + k)) * c + c0,
+                          staged_vec(gstage, k, tid));
     }
     for (int k = 0; k < held; ++k) {
       float gv[N], xv[N];

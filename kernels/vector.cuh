@@ -19,9 +19,15 @@ struct alignas(sizeof(T) * N) Vec {
   T v[N];
 };
 
+// The vector at p (aligned to it: vector_width's promise).
+template <class T, int N>
+__device__ __forceinline__ const Vec<T, N>* as_vec(const T* p) {
+  return reinterpret_cast<const Vec<T, N>*>(p);
+}
+
 template <class T, int N>
 __device__ __forceinline__ Vec<T, N> load_raw(const T* p) {
-  return *reinterpret_cast<const Vec<T, N>*>(p);
+  return *as_vec<T, N>(p);
 }
 
 // A vector as loaded, held in 32-bit words until its values are used, for

@@ -15,7 +15,9 @@ as outstanding early in the next: software pipelining), and prints
 
 where p is the most global loads issued and not yet read at any point of the
 second walk. p == n: every load of an iteration overlaps; p == 1: the thread
-waits on each load before issuing the next. It is a static, linear reading of
+waits on each load before issuing the next. Copies straight to shared memory
+(LDGSTS, cp.async) hold no register and are waited on only at a DEPBAR: they
+are listed as "+ k LDGSTS" (k in the loop), not counted in p. It is a static, linear reading of
 the loop (branches inside it are walked in address order), so read it as an
 upper bound of what the scheduler can overlap, not a measurement.
 
@@ -91,11 +93,11 @@ def largest_loop(insns, labels):
 
 
 def peak_in_flight(body):
-    outstanding, peak, loads = [], 0, 0
+    outstanding, peak, loads, copies = [], 0, 0, 0
     for step, (op, args) in enumerate(body + body):
         second = step >= len(body)
         parts = [p.strip() for p in args.split(',')]
-        if op.startswith(('ST', 'RED', 'ATOM')):
+        if op.startswith(('ST', 'RED', 'ATOM', 'LDGSTS')):
             reads, writes = registers(args), set()
         else:
             reads = set().union(set(), *(registers(p) for p in parts[1:]))
@@ -103,13 +105,15 @@ def peak_in_flight(body):
         # A load stops being outstanding where its destination is read (the
         # wait) or overwritten.
         outstanding = [d for d in outstanding if not (d & reads) and not (d & writes)]
-        if op.startswith('LDG'):
+        if op.startswith('LDGSTS'):
+            copies += second
+        elif op.startswith('LDG'):
             first = int(re.match(r'R(\d+)', args).group(1))
             outstanding.append(set(range(first, first + load_width(op))))
             if second:
                 loads += 1
                 peak = max(peak, len(outstanding))
-    return loads, peak
+    return loads, peak, copies
 
 
 def main():
@@ -118,8 +122,9 @@ def main():
         if pattern and not pattern.search(name):
             continue
         lo, hi = largest_loop(insns, labels)
-        loads, peak = peak_in_flight(insns[lo:hi + 1])
-        print(f'loop {hi - lo + 1:5d} ins {loads:3d} LDG  peak in flight {peak:3d}  {name}')
+        loads, peak, copies = peak_in_flight(insns[lo:hi + 1])
+        extra = f'  + {copies} LDGSTS' if copies else ''
+        print(f'loop {hi - lo + 1:5d} ins {loads:3d} LDG  peak in flight {peak:3d}{extra}  {name}')
 
 
 if __name__ == '__main__':

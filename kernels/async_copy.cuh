@@ -17,35 +17,30 @@
 //   async_wait_all() returns once every copy the thread started has landed;
 //     the thread then reads its own copies. Other threads of the block would
 //     see them only after a barrier (the stage needs none).
-// 16-byte copies bypass L1 (.cg: a staged value is read from memory once,
-// and the staging kernels run with most of L1 given to shared memory);
-// 4- and 8-byte copies go through it (.ca, the only form that takes them).
-// Other sizes (the 2-byte scalar of a 16-bit dtype) and devices before sm_80
-// make an ordinary copy, which keeps the same contract: the copy has landed
-// when copy_async returns. The emulator holds every copy back until the
-// wait (emu_device.h), so that a read before it fails the tests.
+// On the GPU these are CUDA's pipeline primitives (cuda_pipeline.h), which
+// emit cp.async from sm_80 on (.cg, L1 bypassed, for 16 bytes: a staged
+// value is read from memory once, and the staging kernels give most of L1
+// to shared memory; .ca for 4 and 8) and an ordinary copy before. They take
+// 4, 8 and 16 bytes; the 2-byte scalar of a 16-bit dtype is an ordinary
+// copy, which keeps the same contract: it has landed when copy_async
+// returns. The emulator holds every copy back until the wait
+// (emu_device.h), so that a read before it fails the tests.
 #pragma once
+
+#if defined(__CUDACC__)
+#include <cuda_pipeline.h>
+#endif
 
 namespace bnorm {
 namespace kernels {
 
 template <class V>
 __device__ __forceinline__ void copy_async(V* dst, const V* src) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  constexpr int bytes = int(sizeof(V));
-  if constexpr (bytes == 16) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(
-                     unsigned(__cvta_generic_to_shared(dst))),
-                 "l"(src)
-                 : "memory");
-  } else if constexpr (bytes == 8 || bytes == 4) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(
-                     unsigned(__cvta_generic_to_shared(dst))),
-                 "l"(src), "n"(bytes)
-                 : "memory");
-  } else {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(V) == 4 || sizeof(V) == 8 || sizeof(V) == 16)
+    __pipeline_memcpy_async(dst, src, sizeof(V));
+  else
     *dst = *src;
-  }
 #elif defined(BNORM_EMU)
   ::emu::async_copy(dst, src, sizeof(V));  // lands at the wait, as late as a GPU may
 #else
@@ -54,8 +49,9 @@ __device__ __forceinline__ void copy_async(V* dst, const V* src) {
 }
 
 __device__ __forceinline__ void async_wait_all() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#if defined(__CUDA_ARCH__)
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
 #elif defined(BNORM_EMU)
   ::emu::async_wait_all();
 #endif

@@ -66,8 +66,10 @@ constexpr int kWarps = kPersistThreads / 32;
 // either way: at three (80) the scalar and the 8-wide ChannelMinor variants
 // spill (32 x-values, the Welford states of 8 channels, the cursor and the
 // finish's double arithmetic). Backward: three (80 registers), unspilled at
-// every width with registers alone; the stage's loads in flight past the
-// 32 register values spill at 80, so the staging kernel is built for two.
+// every width with registers alone. Built for three, the staging kernel
+// spills 132 bytes in its 8-wide 16-bit ChannelMinor variant (the NHWC one;
+// every other variant is clean at 80 since the stage fills by cp.async), and
+// the handle keeps one occupancy a dtype, so it is built for two.
 constexpr int kPersistForwardMinBlocks[2] = {2, 2};
 constexpr int kPersistBackwardMinBlocks[2] = {3, 2};
 

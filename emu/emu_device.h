@@ -46,7 +46,6 @@
 #include <cstring>
 #include <functional>
 #include <type_traits>
-#include <vector>
 
 #ifdef __launch_bounds__
 #undef __launch_bounds__
@@ -70,27 +69,18 @@ struct BlockState;
 BNORM_EMU_API extern thread_local ThreadState* tls_thread;
 BNORM_EMU_API extern thread_local BlockState* tls_block;
 
-// A copy started by copy_async (kernels/async_copy.cuh) and not yet waited for.
-struct AsyncCopy {
-  void* dst;
-  const void* src;
-  size_t bytes;
-};
-
 // The parts of a thread's and a block's state that kernel code reads.
 struct ThreadState {
   uint3 idx;
   unsigned linear;
   unsigned lane;
   unsigned warp;
-  std::vector<AsyncCopy> async_pending;  // they land at async_wait_all, not before
 };
 struct BlockState {
   uint3 idx;
   dim3 dim;
   dim3 grid;
   unsigned char* shared;
-  size_t shared_bytes;
 };
 
 // Block-wide barrier: every live thread of the block, from one source line.

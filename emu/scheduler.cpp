@@ -75,8 +75,16 @@ constexpr size_t kStackBytes = 64 * 1024;
 #endif
 constexpr uint64_t kPoisonBits = 0xffffffffffffffffull;  // NaN as float, -1 as int
 
+// A copy started by copy_async (kernels/async_copy.cuh) and not yet waited for.
+struct AsyncCopy {
+  void* dst;
+  const void* src;
+  size_t bytes;
+};
+
 struct Thread : ThreadState {
   Wait wait = Wait::Done;
+  std::vector<AsyncCopy> async_pending;  // they land at async_wait_all, not before
   unsigned warp_mask = 0;
   const char* file = nullptr;
   int line = 0;
@@ -103,6 +111,7 @@ struct Block : BlockState {
   const KernelBody* body = nullptr;
   const char* kernel = nullptr;
   unsigned nthreads = 0;
+  size_t shared_bytes = 0;
   std::vector<WarpSlots> warps;
   GridBarrier* grid_barrier = nullptr;
 };
@@ -406,7 +415,6 @@ void run_block(Block& b, unsigned char* shared, size_t shared_bytes, uint64_t la
     t->wait = Wait::Ready;
     t->gen = 0;
     t->warp_mask = 0;
-    t->async_pending.clear();
   }
   b.warps.assign((b.nthreads + 31) / 32, WarpSlots{});
   if (shared_bytes) std::memset(shared, 0xff, shared_bytes);

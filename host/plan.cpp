@@ -93,6 +93,16 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
   // 1.6 M in registers alone (bench/NOTES.md). Beyond that a block would
   // wait at the grid-wide barrier for one that cannot start: a cooperative
   // launch refuses such a grid, so the multi-pass kernels run.
+  // Past that, the hybrid (launch.h): the grid keeps all it can on chip and
+  // each thread re-reads the rest of its slice after the barrier, last read
+  // first, so that part of the second read comes from L2. Against the
+  // multi-pass kernels it saves the second read of what stays on chip and
+  // two or three launches, and costs nothing in bytes; but a resident grid
+  // of one or two blocks an SM streams with fewer warps than they have, so
+  // AUTO takes it only while at least half of each slice stays on chip (up
+  // to about 29 M values fp16 forward on an H100, twice the above), and
+  // BNORM_PATH_PERSISTENT at any size (up to kPersistMaxVectors a thread).
+  // Neither is measured yet (bench/NOTES.md, 2026-12-03, fourth session).
   // Never for tiny tensors in AUTO: one launch of one block (above) beats a
   // cooperative grid there. Planned at the natural vector width; the
   // launcher fits again at the width the pointers allow.
@@ -105,6 +115,9 @@ Plan make_plan(const bnormContext& ctx, const bnormTensorDesc_t& d, bnormPath_t 
   lim.shared_per_sm = ctx.shared_per_sm;
   lim.shared_reserved = ctx.shared_reserved;
   lim.shared_per_block = ctx.shared_per_block_optin;
+  lim.stream = path == BNORM_PATH_PERSISTENT ? kernels::PersistStream::All
+               : path == BNORM_PATH_AUTO     ? kernels::PersistStream::Half
+                                             : kernels::PersistStream::None;
   const int width = kernels::natural_width(p.t.dtype, major ? d.spatial : d.c);
   const bool fits = kernels::persist_fit(p.t, width, backward, lim).fits;
   p.reduce.persistent = fits && !p.reduce.single_block &&

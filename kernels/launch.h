@@ -66,6 +66,12 @@ inline int natural_width(DType d, int64_t row) {
   return 1;
 }
 
+// How much of a tensor the persistent kernels may leave off chip and read
+// twice (persist_fit): none; at most as much as they hold (the automatic
+// choice: at least half of the second read saved); any amount (asked for
+// by name: BNORM_PATH_PERSISTENT).
+enum class PersistStream { None = 0, Half, All };
+
 // What the device holds resident of one dtype's persistent kernels of one
 // direction: asked once at bnormCreate (persistent_occupancy, the device
 // attributes), so that fitting a shape is host arithmetic.
@@ -78,6 +84,9 @@ struct PersistLimits {
   int64_t shared_per_sm;      // cudaDevAttrMaxSharedMemoryPerMultiprocessor
   int64_t shared_reserved;    // cudaDevAttrReservedSharedMemoryPerBlock
   int64_t shared_per_block;   // cudaDevAttrMaxSharedMemoryPerBlockOptin
+  // Past what fits on chip, whether a thread may re-read the rest of its
+  // slice from memory (persist_fit).
+  PersistStream stream;
 };
 
 // How a per-channel reduction is cut: `splits` blocks share each channel
@@ -151,7 +160,12 @@ constexpr size_t align16(size_t b) { return (b + 15) & ~size_t(15); }
 //    split.
 // Vector k < K of a thread lives in registers, vector K + s in shared
 // memory at stage[s * kPersistThreads + thread] (a warp touches 32
-// consecutive vectors: no bank conflicts).
+// consecutive vectors: no bank conflicts). A tensor too large for that
+// leaves `streamed` more vectors a thread, past the stage, in memory: read
+// before the barrier and again after it (V = K + staged + streamed).
+// Beyond kPersistMaxVectors a thread the multi-pass kernels run: a unit's
+// count stays an exact float (32 * V * N <= 2^24 values).
+constexpr int kPersistMaxVectors = 1 << 14;
 constexpr int kPersistThreads = 256;
 constexpr int kPersistForwardValues = 32;
 constexpr int kPersistBackwardValues = 16;
@@ -159,13 +173,14 @@ constexpr int kPersistBackwardValues = 16;
 struct PersistGeometry {
   int64_t splits;  // units per channel (ChannelMajor) or per column block (ChannelMinor)
   int64_t grid;    // blocks (int64: compared with the resident capacity before any launch)
-  int vectors;     // V = K + staged
+  int vectors;     // V = K + staged + streamed
   unsigned block_x, block_y;
 };
 
-inline PersistGeometry persist_geometry(const Tensor& t, int n, int values, int staged = 0) {
+// `past` = the vectors a thread holds past its registers: staged + streamed.
+inline PersistGeometry persist_geometry(const Tensor& t, int n, int values, int past = 0) {
   PersistGeometry g{};
-  g.vectors = values / n + staged;
+  g.vectors = values / n + past;
   const int64_t m = t.m();
   if (t.order == Order::ChannelMajor) {
     const int64_t per_unit = int64_t(32) * g.vectors;
@@ -206,6 +221,7 @@ inline size_t persist_stage_bytes(DType d, int n, bool backward) {
 struct PersistFit {
   PersistGeometry g;
   int staged;     // vectors a thread (per tensor) in shared memory
+  int streamed;   // vectors a thread (per tensor) read from memory twice
   size_t shared;  // dynamic shared memory a block: scratch, then the stage
   bool fits;      // the grid is resident at once (else: the multi-pass kernels)
 };
@@ -219,22 +235,32 @@ struct PersistFit {
 // grows, so the first b whose largest stage fits gives the smallest stage,
 // found by bisection. Fewest staged vectors means the most blocks, hence
 // the most loads in flight while the slice comes in.
+// When even the largest stage leaves the grid too large, and lim.stream
+// allows it: the hybrid. The b that holds the most values an SM (b * (K +
+// largest stage), the larger b on a tie: more warps to stream with) takes
+// its largest stage, and each thread the fewest streamed vectors with
+// which the grid is resident (bisection again), at most K + staged of them
+// for PersistStream::Half.
 inline PersistFit persist_fit(const Tensor& t, int n, bool backward, const PersistLimits& lim) {
   const bool major = t.order == Order::ChannelMajor;
   const int values = backward ? kPersistBackwardValues : kPersistForwardValues;
   const int64_t scratch = int64_t(persist_scratch_bytes(major, n, backward));
   const int64_t per_vector = int64_t(persist_stage_bytes(t.dtype, n, backward));
-  PersistFit f{persist_geometry(t, n, values), 0, size_t(scratch), false};
+  PersistFit f{persist_geometry(t, n, values), 0, 0, size_t(scratch), false};
   if (f.g.grid <= int64_t(lim.blocks) * lim.sm_count) {
     f.fits = lim.blocks > 0;
     if (f.fits) return f;
   }
-  for (int b = lim.blocks_staged; b >= 1; --b) {
+  // The largest stage a block of b an SM may take (0: none).
+  auto largest_stage = [&](int b) -> int64_t {
     int64_t room = lim.shared_per_sm / b - lim.shared_reserved;
     if (room > lim.shared_per_block) room = lim.shared_per_block;
-    int64_t most = (room - scratch) / per_vector;
+    const int64_t most = (room - scratch) / per_vector;
+    return most < 1 ? 0 : most > kPersistMaxVectors ? kPersistMaxVectors : most;
+  };
+  for (int b = lim.blocks_staged; b >= 1; --b) {
+    const int64_t most = largest_stage(b);
     if (most < 1) continue;
-    if (most > (int64_t(1) << 20)) most = int64_t(1) << 20;  // int, and far past any device
     const int64_t capacity = int64_t(b) * lim.sm_count;
     if (persist_geometry(t, n, values, int(most)).grid > capacity) continue;
     int lo = 1, hi = int(most);
@@ -251,6 +277,37 @@ inline PersistFit persist_fit(const Tensor& t, int n, bool backward, const Persi
     f.fits = true;
     return f;
   }
+  if (lim.stream == PersistStream::None) return f;
+  int best_b = 0;
+  int64_t best_values = 0;
+  for (int b = lim.blocks_staged; b >= 1; --b) {
+    const int64_t most = largest_stage(b);
+    const int64_t held = most < 1 ? 0 : int64_t(b) * (values / n + most);
+    if (held > best_values) {
+      best_values = held;
+      best_b = b;
+    }
+  }
+  if (best_b == 0) return f;
+  const int staged = int(largest_stage(best_b));
+  const int on_chip = values / n + staged;
+  const int limit = kPersistMaxVectors - on_chip;
+  const int most = lim.stream == PersistStream::Half && on_chip < limit ? on_chip : limit;
+  const int64_t capacity = int64_t(best_b) * lim.sm_count;
+  if (most < 1 || persist_geometry(t, n, values, staged + most).grid > capacity) return f;
+  int lo = 1, hi = most;
+  while (lo < hi) {
+    const int mid = lo + (hi - lo) / 2;
+    if (persist_geometry(t, n, values, staged + mid).grid <= capacity)
+      hi = mid;
+    else
+      lo = mid + 1;
+  }
+  f.g = persist_geometry(t, n, values, staged + lo);
+  f.staged = staged;
+  f.streamed = lo;
+  f.shared = size_t(scratch + int64_t(staged) * per_vector);
+  f.fits = true;
   return f;
 }
 

@@ -73,6 +73,14 @@ struct ChannelRunCursor {
       ++q;
     }
   }
+  __device__ __forceinline__ void retreat() {
+    q -= dq;
+    r -= dr;
+    if (r < 0) {
+      r += spatial;
+      --q;
+    }
+  }
 };
 
 // Value j (0 <= j < m) of channel ch, found with one division (the

@@ -17,7 +17,10 @@
 // used; the conversion is exact and the subtraction the same, so that no
 // value is read twice and the statistics and the output see bitwise the
 // same operands as NormalizeOp and DxFullOp. A thread's stage is its own:
-// no barrier guards it.
+// no barrier guards it. A tensor larger than that (the hybrid, launch.h)
+// leaves `streamed` vectors a thread in memory, past the stage: folded as
+// they are read in step 1 and read again in step 4, last first, so that
+// only they are read twice.
 //   1. load the slice (the stage by cp.async, async_copy.cuh: all of it in
 //      flight while the register tile folds); fold
 //      it into one partial state per channel and unit
@@ -167,6 +170,7 @@ struct ForwardParams {
   StatsParams s;  // counts, eps, factor, outputs; s.partials is written here
   Welford* partials;
   int staged;             // vectors a thread in shared memory, past its K in registers
+  int streamed;           // vectors a thread read from memory twice, past the stage
   unsigned stage_offset;  // bytes into the dynamic shared memory (past the merge scratch)
   const T* x;
   T* y;
@@ -182,6 +186,7 @@ struct BackwardParams {
   GradParams g;  // counts, gamma, saved mean / rstd, dgamma / dbeta
   Sum2* partials;
   int staged;             // vectors of dy, then as many of x, a thread in shared memory
+  int streamed;           // vectors of each a thread read from memory twice, past the stage
   unsigned stage_offset;  // bytes into the dynamic shared memory (past the merge scratch)
   const T* x;
   const T* dy;
@@ -190,6 +195,15 @@ struct BackwardParams {
   const uint32_t* mask;  // ReLU epilogue, else NULL
   int64_t spatial;
 };
+
+// Vectors a thread past its stage (the hybrid, launch.h) are read before
+// the barrier and again after it, a group at a time: every load of a group
+// is issued before any is used, raw and unconditional (channel_reduce.cuh's
+// rules; a vector past the tensor reloads the group's first in-bounds one
+// and is not used). After the barrier the walk runs backwards, last read
+// first: what the grid read last is what L2 still holds. Groups: x forward,
+// x and dy backward.
+constexpr int kStreamForward = 8, kStreamBackward = 4;
 
 // ---- forward -----------------------------------------------------------------------------
 
@@ -218,19 +232,21 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
   Vec<T, N>* stage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
   const unsigned lane = threadIdx.x % 32, tid = threadIdx.x;
   const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  const int vectors_of_thread = K + staged + (Staged ? p.streamed : 0);
   const int64_t splits = p.s.splits, c = p.s.c;
   const int64_t unit = int64_t(blockIdx.x) * kWarps + threadIdx.x / 32;
   const bool live = unit < c * splits;  // the same for the whole warp
   const int64_t ch = live ? unit / splits : 0;
   const int64_t split = unit - ch * splits;
-  const int64_t vectors = p.s.m / N, j0 = split * 32 * (K + staged) + lane;
+  const int64_t vectors = p.s.m / N, j0 = split * 32 * vectors_of_thread + lane;
   const double f = average_factor(p.s);  // before the barrier: the counter advances after it
 
   // The on-chip copy: d = x - pivot, exact where the statistics need it
   // (see forward.cu) and all the normalize needs.
   float d[K][N] = {};
-  int count = 0;  // vectors held in registers: a prefix of d
-  int held = 0;   // staged vectors held: a prefix of the stage
+  int count = 0;     // vectors held in registers: a prefix of d
+  int held = 0;      // staged vectors held: a prefix of the stage
+  int streamed = 0;  // streamed vectors in the tensor: a prefix
   float pivot = 0.0f;
   Welford s{};
   if (live) {
@@ -261,7 +277,30 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
 #pragma unroll
       for (int i = 0; i < N; ++i) flat[k * N + i] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pivot;
     add_tile(s, flat, count * N);  // while the stage lands
-    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
+    if constexpr (Staged) {  // and the streamed vectors, folded as they come
+      constexpr int U = kStreamForward;
+      const int64_t o0 = cur.offset();  // the first streamed vector, if any is in the tensor
+      for (int64_t k0 = 0, j = j0 + 32 * int64_t(K + staged); k0 < p.streamed && j < vectors;
+           k0 += U) {
+        Packed<T, N> raw[U];
+        int in = 0;  // a prefix of the group
+#pragma unroll
+        for (int u = 0; u < U; ++u, j += 32) {
+          const bool ok = k0 + u < p.streamed && j < vectors;
+          raw[u] = load_packed<T, N>(p.x + (ok ? cur.offset() : o0) * N);
+          in += ok;
+          cur.advance();
+        }
+        float v[U * N];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+          for (int i = 0; i < N; ++i) v[u * N + i] = (u < in ? raw[u][i] : 0.0f) - pivot;
+        add_tile(s, v, in * N);
+        streamed += in;
+      }
+      async_wait_all();  // no copies in the register-only kernel
+    }
     fold_stage<T, N>(s, stage, tid, held, pivot);
   }
   s = warp_merge(s);
@@ -291,6 +330,33 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
       float pv[N];
 #pragma unroll
       for (int i = 0; i < N; ++i) pv[i] = pivot;
+      if constexpr (Staged) {
+        if (streamed > 0) {
+          constexpr int U = kStreamForward;
+          ChannelRunCursor back(j0 + 32 * int64_t(K + staged + streamed - 1), 32, p.spatial / N,
+                                c, ch);
+          const int64_t last = back.offset();
+          for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
+            Packed<T, N> raw[U];
+            int64_t o[U];
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+              o[u] = (k0 - u >= 0 ? back.offset() : last) * N;
+              raw[u] = load_packed<T, N>(p.x + o[u]);
+              back.retreat();
+            }
+#pragma unroll
+            for (int u = 0; u < U; ++u) {
+              if (k0 - u >= 0) {
+                float dv[N];
+#pragma unroll
+                for (int i = 0; i < N; ++i) dv[i] = raw[u][i] - pivot;
+                normalize_store<T, N>(p, o[u], dv, an);
+              }
+            }
+          }
+        }
+      }
       for (int k = 0; k < held; ++k) {
         float dv[N];
         staged_deviation<T, N>(staged_vec(stage, k, tid), pv, dv);
@@ -346,8 +412,9 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
   const int64_t c0 = (cb * cols + tx) * N;  // c % N == 0: a vector is all in or all out
   const bool active = c0 < c;
   const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  const int vectors_of_thread = K + staged + (Staged ? p.streamed : 0);
   Vec<T, N>* stage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
-  const int64_t r0 = split * rows * (K + staged) + ty;
+  const int64_t r0 = split * rows * vectors_of_thread + ty;
   // Thread tid merges channel cb * cols * N + tid after the barrier; its
   // pivot is read now (y may alias x).
   const int64_t mch = cb * cols * N + tid;
@@ -356,7 +423,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
   const double f = average_factor(p.s);  // before the barrier: the counter advances after it
 
   float d[K][N] = {};  // x - pivot, as in persist_forward_major
-  int count = 0, held = 0;
+  int count = 0, held = 0, streamed = 0;
   float pv[N] = {};
   Welford s[N] = {};
   if (active) {
@@ -386,7 +453,29 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
       for (int k = 0; k < K; ++k) col[k] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pv[i];
       add_tile(s[i], col, count);  // while the stage lands
     }
-    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
+    if constexpr (Staged) {  // and the streamed vectors, as in persist_forward_major
+      constexpr int U = kStreamForward;
+      const int64_t first = r0 + int64_t(rows) * (K + staged), o0 = first * c + c0;
+      for (int64_t k0 = 0, r = first; k0 < p.streamed && r < m; k0 += U) {
+        Packed<T, N> raw[U];
+        int in = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u, r += rows) {
+          const bool ok = k0 + u < p.streamed && r < m;
+          raw[u] = load_packed<T, N>(p.x + (ok ? r * c + c0 : o0));
+          in += ok;
+        }
+#pragma unroll
+        for (int i = 0; i < N; ++i) {
+          float col[U];
+#pragma unroll
+          for (int u = 0; u < U; ++u) col[u] = (u < in ? raw[u][i] : 0.0f) - pv[i];
+          add_tile(s[i], col, in);
+        }
+        streamed += in;
+      }
+      async_wait_all();  // no copies in the register-only kernel
+    }
     fold_stage<T, N>(s, stage, tid, held, pv);
   }
   column_tree<N>(s, reinterpret_cast<Welford*>(smem));
@@ -413,6 +502,28 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
 #pragma unroll
     for (int k = 0; k < K; ++k)
       if (k < count) normalize_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, d[k], a);
+    if constexpr (Staged) {  // streamed: last read first, as in persist_forward_major
+      constexpr int U = kStreamForward;
+      const int64_t first = r0 + int64_t(rows) * (K + staged);
+      for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
+        Packed<T, N> raw[U];
+        int64_t o[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          o[u] = (first + int64_t(rows) * (k0 - u >= 0 ? k0 - u : k0)) * c + c0;
+          raw[u] = load_packed<T, N>(p.x + o[u]);
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (k0 - u >= 0) {
+            float dv[N];
+#pragma unroll
+            for (int i = 0; i < N; ++i) dv[i] = raw[u][i] - pv[i];
+            normalize_store<T, N>(p, o[u], dv, a);
+          }
+        }
+      }
+    }
     for (int k = 0; k < held; ++k) {
       float dv[N];
       staged_deviation<T, N>(staged_vec(stage, k, tid), pv, dv);
@@ -466,6 +577,30 @@ __device__ __forceinline__ void unstage_grads(const Vec<T, N>& gs, const Vec<T, 
   staged_deviation<T, N>(xs, mean, xm);
 }
 
+// A streamed group of the backward: dy (with its mask word) and x of U
+// vectors as loaded, and where each is.
+template <class T, int N, int U>
+struct GradGroup {
+  MaskedGrad<T, N> g[U];
+  Packed<T, N> x[U];
+  int64_t o[U];
+
+  __device__ __forceinline__ void load(const BackwardParams<T>& p, int u, int64_t offset) {
+    o[u] = offset;
+    g[u].load(p.dy, p.mask, offset);
+    x[u] = load_packed<T, N>(p.x + offset);
+  }
+  // g and x - mean of vector u, bitwise what load_grads computes.
+  __device__ __forceinline__ void grads(int u, const float (&mean)[N], float (&gv)[N],
+                                        float (&xm)[N]) const {
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+      gv[i] = g[u][i];
+      xm[i] = x[u][i] - mean[i];
+    }
+  }
+};
+
 // dx (and dz) for the N values of one vector, as DxFullOp computes them.
 template <class T, int N>
 __device__ __forceinline__ void dx_store(const BackwardParams<T>& p, int64_t o,
@@ -484,6 +619,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
     persist_backward_major(BackwardParams<T> p) {
   BNORM_DYNAMIC_SHARED(smem);
   const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  const int vectors_of_thread = K + staged + (Staged ? p.streamed : 0);
   Vec<T, N>* gstage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
   Vec<T, N>* xstage = gstage + size_t(staged) * kPersistThreads;
   const unsigned lane = threadIdx.x % 32, tid = threadIdx.x;
@@ -492,11 +628,11 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
   const bool live = unit < c * splits;
   const int64_t ch = live ? unit / splits : 0;
   const int64_t split = unit - ch * splits;
-  const int64_t vectors = p.g.m / N, j0 = split * 32 * (K + staged) + lane;
+  const int64_t vectors = p.g.m / N, j0 = split * 32 * vectors_of_thread + lane;
 
   float g[K][N] = {}, xm[K][N] = {};
   float mean[N] = {};
-  int count = 0, held = 0;
+  int count = 0, held = 0, streamed = 0;
   Sum2 s{};
   if (live) {
 #pragma unroll
@@ -529,7 +665,36 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
         }
       }
     }
-    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
+    if constexpr (Staged) {  // the streamed vectors, summed as they come
+      constexpr int U = kStreamBackward;
+      const int64_t o0 = cur.offset() * N;  // the first streamed vector, if any is in the tensor
+      for (int64_t k0 = 0, j = j0 + 32 * int64_t(K + staged); k0 < p.streamed && j < vectors;
+           k0 += U) {
+        GradGroup<T, N, U> in;
+        int n_in = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u, j += 32) {
+          const bool ok = k0 + u < p.streamed && j < vectors;
+          in.load(p, u, ok ? cur.offset() * N : o0);
+          n_in += ok;
+          cur.advance();
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (u < n_in) {
+            float gv[N], xv[N];
+            in.grads(u, mean, gv, xv);
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+              s.a += gv[i];
+              s.b = fmaf(gv[i], xv[i], s.b);
+            }
+          }
+        }
+        streamed += n_in;
+      }
+      async_wait_all();  // no copies in the register-only kernel
+    }
     if (p.mask) {
       ChannelRunCursor mc(j0 + 32 * int64_t(K), 32, p.spatial / N, c, ch);
 #pragma unroll 4
@@ -570,6 +735,30 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
       if (k < count) dx_store<T, N>(p, cur.offset() * N, g[k], xm[k], qn);
       cur.advance();
     }
+    if constexpr (Staged) {
+      if (streamed > 0) {  // last read first
+        constexpr int U = kStreamBackward;
+        ChannelRunCursor back(j0 + 32 * int64_t(K + staged + streamed - 1), 32, p.spatial / N, c,
+                              ch);
+        const int64_t last = back.offset() * N;
+        for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
+          GradGroup<T, N, U> in;
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            in.load(p, u, k0 - u >= 0 ? back.offset() * N : last);
+            back.retreat();
+          }
+#pragma unroll
+          for (int u = 0; u < U; ++u) {
+            if (k0 - u >= 0) {
+              float gv[N], xv[N];
+              in.grads(u, mean, gv, xv);
+              dx_store<T, N>(p, in.o[u], gv, xv, qn);
+            }
+          }
+        }
+      }
+    }
     for (int k = 0; k < held; ++k) {
       float gv[N], xv[N];
       unstage_grads<T, N>(staged_vec(gstage, k, tid), staged_vec(xstage, k, tid), mean, gv, xv);
@@ -591,15 +780,16 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
   const int64_t c0 = (cb * cols + tx) * N;
   const bool active = c0 < c;
   const int staged = Staged ? p.staged : 0;  // the register-only kernel compiles the stage out
+  const int vectors_of_thread = K + staged + (Staged ? p.streamed : 0);
   Vec<T, N>* gstage = reinterpret_cast<Vec<T, N>*>(smem + p.stage_offset);
   Vec<T, N>* xstage = gstage + size_t(staged) * kPersistThreads;
-  const int64_t r0 = split * rows * (K + staged) + ty;
+  const int64_t r0 = split * rows * vectors_of_thread + ty;
   const int64_t mch = cb * cols * N + tid;
   const bool merges = tid < cols * N && mch < c;
 
   float g[K][N] = {}, xm[K][N] = {};
   float mean[N] = {};
-  int count = 0, held = 0;
+  int count = 0, held = 0, streamed = 0;
   Sum2 s[N] = {};
   if (active) {
 #pragma unroll
@@ -631,7 +821,34 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
         }
       }
     }
-    if constexpr (Staged) async_wait_all();  // no copies in the register-only kernel
+    if constexpr (Staged) {  // the streamed vectors, as in persist_backward_major
+      constexpr int U = kStreamBackward;
+      const int64_t first = r0 + int64_t(rows) * (K + staged), o0 = first * c + c0;
+      for (int64_t k0 = 0, r = first; k0 < p.streamed && r < m; k0 += U) {
+        GradGroup<T, N, U> in;
+        int n_in = 0;
+#pragma unroll
+        for (int u = 0; u < U; ++u, r += rows) {
+          const bool ok = k0 + u < p.streamed && r < m;
+          in.load(p, u, ok ? r * c + c0 : o0);
+          n_in += ok;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (u < n_in) {
+            float gv[N], xv[N];
+            in.grads(u, mean, gv, xv);
+#pragma unroll
+            for (int i = 0; i < N; ++i) {
+              s[i].a += gv[i];
+              s[i].b = fmaf(gv[i], xv[i], s[i].b);
+            }
+          }
+        }
+        streamed += n_in;
+      }
+      async_wait_all();  // no copies in the register-only kernel
+    }
     if (p.mask) {
 #pragma unroll 4
       for (int k = 0; k < held; ++k)
@@ -672,6 +889,24 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
     for (int k = 0; k < K; ++k)
       if (k < count)
         dx_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, g[k], xm[k], q);
+    if constexpr (Staged) {  // streamed: last read first
+      constexpr int U = kStreamBackward;
+      const int64_t first = r0 + int64_t(rows) * (K + staged);
+      for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
+        GradGroup<T, N, U> in;
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+          in.load(p, u, (first + int64_t(rows) * (k0 - u >= 0 ? k0 - u : k0)) * c + c0);
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+          if (k0 - u >= 0) {
+            float gv[N], xv[N];
+            in.grads(u, mean, gv, xv);
+            dx_store<T, N>(p, in.o[u], gv, xv, q);
+          }
+        }
+      }
+    }
     for (int k = 0; k < held; ++k) {
       float gv[N], xv[N];
       unstage_grads<T, N>(staged_vec(gstage, k, tid), staged_vec(xstage, k, tid), mean, gv, xv);
@@ -782,6 +1017,7 @@ cudaError_t persistent_forward_training(const ForwardTrainingArgs& a, cudaStream
       p.s = stats_params(a);
       p.s.splits = g.splits;
       p.staged = fit.staged;
+      p.streamed = fit.streamed;
       p.stage_offset = unsigned(persist_scratch_bytes(major, N, false));
       p.s.pivot_stride = major ? t.spatial : 1;
       p.partials = static_cast<Welford*>(a.workspace);
@@ -824,6 +1060,7 @@ cudaError_t persistent_backward(const BackwardArgs& a, cudaStream_t stream) {
       const PersistGeometry& g = fit.g;
       BackwardParams<T> p{};
       p.staged = fit.staged;
+      p.streamed = fit.streamed;
       p.stage_offset = unsigned(persist_scratch_bytes(major, N, true));
       p.g.c = t.c;
       set_counts(p.g, t.m());

@@ -11,9 +11,11 @@
 // kernels ran: the persistent path is one cooperative grid. The emulated
 // device holds 64 cooperative blocks (8 SMs x 8, 228 KB of shared memory an
 // SM), so registers alone hold 64 * 8192 values forward and 64 * 4096
-// backward; past that the stage holds the rest, up to about 0.9 M values
-// forward (0.45 M to 0.64 M backward, by width), and beyond it the call
-// falls back.
+// backward; past that the stage holds the rest, up to 0.96 M values fp32
+// forward, 1.42 M 16-bit (0.47 M and 0.70 M backward); beyond that a
+// thread reads the rest of its slice twice (the hybrid), in AUTO only while
+// at least half stays on chip; the call falls back where no grid is
+// resident.
 #include <cmath>
 #include <cstring>
 
@@ -189,25 +191,115 @@ TEST(PersistentChoice, AutoLeavesItWhereOthersWin) {
   }
 }
 
-// 1.2 M and 1 M values: more than the emulated device's 64 resident blocks
-// hold with registers and the largest stage. AUTO and PERSISTENT both run
-// the multi-pass kernels, correctly.
-TEST(PersistentChoice, FallsBackToMultiPassWhenTheTensorDoesNotFit) {
+// What the emulated device holds on chip at most, of any width and layout
+// (test_persist_fit.cpp's PersistFit.EmulatorOnChipCapacities checks these
+// against persist_fit): [backward][16-bit].
+constexpr double kOnChipValues[2][2] = {{0.97e6, 1.43e6}, {0.48e6, 0.71e6}};
+
+long long numel(const Case& k) { return k.s.n * k.s.c * k.s.spatial; }
+bool wide(const Case& k) { return k.dtype != BNORM_DATA_FLOAT; }
+
+// Runs forward training and the backward with saved statistics on `path`,
+// checks both against the reference, and returns the launches and
+// cooperative grids each took.
+struct Launches {
+  Grids forward, backward;
+};
+Launches run_and_check(bt::Handle& h, const Case& k, bnormPath_t path) {
+  const bnormConfig_t cfg = config(path);
+  const bt::TrainRequest r = train_request(k, 31);
+  Grids before = grids();
+  const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
+  Launches l;
+  l.forward = {grids().all - before.all, grids().cooperative - before.cooperative};
+  expect_forward_matches(k, cfg, r, got);
+  const bt::BackwardRequest b = backward_request(h, k, path, 37);
+  before = grids();
+  const bt::BackwardResult g = bt::backward(h, k, cfg, b, false);
+  l.backward = {grids().all - before.all, grids().cooperative - before.cooperative};
+  expect_backward_matches(k, cfg, b, g);
+  return l;
+}
+
+// Past what the chip holds, while at least half of it still fits: AUTO and
+// PERSISTENT both run one cooperative grid that reads the rest twice.
+// Forward 1.23 M fp32 (NCHW) and 1.44 M fp16 (NHWC); backward 0.74 M fp16
+// (NHWC). In the other direction the first two hold less than half on chip
+// and the third fits: AUTO runs the multi-pass kernels, PERSISTENT the
+// hybrid, and the third's forward one cooperative grid either way.
+TEST(PersistentChoice, AutoStreamsWhileHalfStaysOnChip) {
   BT_REQUIRE_DEVICE();
   BT_REQUIRE_EMU();
   bt::Handle h;
-  for (const Case& k : {Case{{64, 8, 2400}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},
-                        Case{{131072, 8, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF}}) {
-    for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT}) {
-      SCOPED_TRACE(k.name() + " " + bt::path_name(path));
-      const bnormConfig_t cfg = config(path);
-      const bt::TrainRequest r = train_request(k, 31);
-      const Grids before = grids();
-      const bt::TrainResult got = bt::forward_training(h, k, cfg, r);
-      EXPECT_EQ(grids().cooperative - before.cooperative, 0);
-      EXPECT_GT(grids().all - before.all, 1) << "several launches";
-      expect_forward_matches(k, cfg, r, got);
+  struct Want {
+    Case k;
+    bool streams_forward;  // and the backward holds less than half on chip (else: the
+                           // forward fits on chip, the backward streams)
+  };
+  for (const Want& w : {Want{Case{{64, 8, 2400}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT}, true},
+                        Want{Case{{180001, 8, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF}, true},
+                        Want{Case{{11503, 64, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF}, false}}) {
+    const Case& k = w.k;
+    SCOPED_TRACE(k.name());
+    ASSERT_GT(numel(k), kOnChipValues[1][wide(k)]) << "the backward streams";
+    if (w.streams_forward) {
+      ASSERT_GT(numel(k), kOnChipValues[0][wide(k)]);
     }
+    const Launches a = run_and_check(h, k, BNORM_PATH_AUTO);
+    EXPECT_EQ(a.forward.all, 1);
+    EXPECT_EQ(a.forward.cooperative, 1);
+    EXPECT_EQ(a.backward.cooperative, w.streams_forward ? 0 : 1);
+    EXPECT_EQ(a.backward.all > 1, w.streams_forward) << "several launches: multi-pass";
+    const Launches p = run_and_check(h, k, BNORM_PATH_PERSISTENT);
+    EXPECT_EQ(p.forward.all, 1);
+    EXPECT_EQ(p.forward.cooperative, 1);
+    EXPECT_EQ(p.backward.all, 1);
+    EXPECT_EQ(p.backward.cooperative, 1);
+  }
+}
+
+// More than twice what the chip holds (2.05 M fp32 forward, 1.47 M fp16
+// backward): AUTO runs the multi-pass kernels, PERSISTENT the hybrid; both
+// correctly.
+TEST(PersistentChoice, AutoLeavesMostlyStreamedTensorsToMultiPass) {
+  BT_REQUIRE_DEVICE();
+  BT_REQUIRE_EMU();
+  bt::Handle h;
+  for (const Case& k : {Case{{64, 8, 4000}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},
+                        Case{{23011, 64, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_HALF}}) {
+    const bool forward_too = numel(k) > 2 * kOnChipValues[0][wide(k)];
+    ASSERT_GT(numel(k), 2 * kOnChipValues[1][wide(k)]);
+    SCOPED_TRACE(k.name());
+    const Launches a = run_and_check(h, k, BNORM_PATH_AUTO);
+    EXPECT_EQ(a.backward.cooperative, 0);
+    EXPECT_GT(a.backward.all, 1) << "several launches";
+    if (forward_too) {
+      EXPECT_EQ(a.forward.cooperative, 0);
+      EXPECT_GT(a.forward.all, 1);
+    }
+    const Launches p = run_and_check(h, k, BNORM_PATH_PERSISTENT);
+    EXPECT_EQ(p.forward.all, 1);
+    EXPECT_EQ(p.forward.cooperative, 1);
+    EXPECT_EQ(p.backward.all, 1);
+    EXPECT_EQ(p.backward.cooperative, 1);
+  }
+}
+
+// NCHW with more channels (600) than the emulated device holds resident
+// warps (512): no split makes the grid resident, so AUTO and PERSISTENT
+// both run the multi-pass kernels, correctly.
+TEST(PersistentChoice, FallsBackToMultiPassWhereNoGridIsResident) {
+  BT_REQUIRE_DEVICE();
+  BT_REQUIRE_EMU();
+  bt::Handle h;
+  const Case k{{16, 600, 2}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT};
+  for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT}) {
+    SCOPED_TRACE(bt::path_name(path));
+    const Launches l = run_and_check(h, k, path);
+    EXPECT_EQ(l.forward.cooperative, 0);
+    EXPECT_GT(l.forward.all, 1) << "several launches";
+    EXPECT_EQ(l.backward.cooperative, 0);
+    EXPECT_GT(l.backward.all, 1);
   }
 }
 
@@ -383,6 +475,49 @@ INSTANTIATE_TEST_SUITE_P(Staged, PersistentStagedForward,
                          ::testing::ValuesIn(staged_forward_cases()), bt::CaseName());
 INSTANTIATE_TEST_SUITE_P(Staged, PersistentStagedBackward,
                          ::testing::ValuesIn(staged_backward_cases()), bt::CaseName());
+
+// Past the stage (the hybrid): more values than the emulated chip holds, so
+// one cooperative grid means each thread read the rest of its slice twice.
+// Every dtype, both layouts, widths 1, 2, 4 and 8, a thread's last group of
+// streamed vectors partly out of the tensor.
+std::vector<Case> streamed_forward_cases() {
+  return {Case{{67, 5, 3001}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},      // N = 1
+          Case{{5, 3, 100000}, BNORM_LAYOUT_NCHW, BNORM_DATA_HALF},      // N = 8
+          Case{{2, 3, 250003}, BNORM_LAYOUT_NCHW, BNORM_DATA_BFLOAT16},  // N = 1
+          Case{{32003, 32, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_FLOAT},     // N = 4
+          Case{{10007, 150, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_BFLOAT16}, // N = 2
+          Case{{23011, 64, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_BFLOAT16}}; // N = 8
+}
+
+std::vector<Case> streamed_backward_cases() {
+  return {Case{{37, 3, 5001}, BNORM_LAYOUT_NCHW, BNORM_DATA_FLOAT},      // N = 1
+          Case{{5, 3, 60000}, BNORM_LAYOUT_NCHW, BNORM_DATA_HALF},       // N = 8
+          Case{{3, 2, 150007}, BNORM_LAYOUT_NCHW, BNORM_DATA_BFLOAT16},  // N = 1
+          Case{{19999, 31, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_FLOAT},     // N = 1
+          Case{{7507, 96, 1}, BNORM_LAYOUT_NHWC, BNORM_DATA_BFLOAT16}};  // N = 8
+}
+
+class PersistentStreamedForward : public ::testing::TestWithParam<Case> {};
+class PersistentStreamedBackward : public ::testing::TestWithParam<Case> {};
+
+TEST_P(PersistentStreamedForward, MatchesReferenceWithEveryEpilogue) {
+  BT_REQUIRE_DEVICE();
+  BT_REQUIRE_EMU();  // the on-chip capacity is the emulated device's
+  ASSERT_GT(numel(GetParam()), kOnChipValues[0][wide(GetParam())]);
+  check_forward_every_epilogue(GetParam());
+}
+
+TEST_P(PersistentStreamedBackward, MatchesReferenceInPlaceAndFused) {
+  BT_REQUIRE_DEVICE();
+  BT_REQUIRE_EMU();
+  ASSERT_GT(numel(GetParam()), kOnChipValues[1][wide(GetParam())]);
+  check_backward_in_place_and_fused(GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Streamed, PersistentStreamedForward,
+                         ::testing::ValuesIn(streamed_forward_cases()), bt::CaseName());
+INSTANTIATE_TEST_SUITE_P(Streamed, PersistentStreamedBackward,
+                         ::testing::ValuesIn(streamed_backward_cases()), bt::CaseName());
 
 // The same on a GPU, sized for an H100's or H200's registers (132 SMs: 2.2 M
 // values forward, 1.6 M backward) and within what the stage adds (14.6 M

@@ -302,6 +302,15 @@ TEST(HugeCursors, ChannelRunCursorMatchesDivision) {
                   << "spatial " << spatial << " c " << c << " ch " << ch << " j " << j;
               ++checked;
             }
+            // Backwards from j0, as the persistent kernels re-read a
+            // thread's streamed vectors.
+            k::ChannelRunCursor back(j0, stride, spatial, c, ch);
+            for (int64_t jb = j0, step = 0; step < 200 && jb >= 0;
+                 ++step, jb -= stride, back.retreat()) {
+              ASSERT_EQ(back.offset(), (jb / spatial) * c * spatial + ch * spatial + jb % spatial)
+                  << "spatial " << spatial << " c " << c << " ch " << ch << " j " << jb;
+              ++checked;
+            }
           }
         }
       }

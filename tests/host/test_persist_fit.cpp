@@ -27,11 +27,11 @@ std::vector<Device> devices() {
   // An H100 SXM (132 SMs, 228 KB an SM, 1 KB reserved a block, 227 KB a
   // block) with the blocks an SM the kernels are built for; the emulator
   // (8 SMs, 8 blocks an SM); a device with a quarter of the shared memory.
-  const k::PersistLimits h100f{132, 2, 2, 233472, 1024, 232448};
+  const k::PersistLimits h100f{132, 2, 2, 233472, 1024, 232448, k::PersistStream::None};
   k::PersistLimits h100b = h100f;
   h100b.blocks = 3;
-  const k::PersistLimits emu{8, 8, 8, 233472, 1024, 232448};
-  const k::PersistLimits small{20, 4, 3, 65536, 1024, 49152};
+  const k::PersistLimits emu{8, 8, 8, 233472, 1024, 232448, k::PersistStream::None};
+  const k::PersistLimits small{20, 4, 3, 65536, 1024, 49152, k::PersistStream::None};
   return {{"H100", h100f, h100b}, {"emulator", emu, emu}, {"small", small, small}};
 }
 

@@ -184,10 +184,11 @@ typedef enum {
    * that much on chip and reads the rest twice, in the same one launch
    * (AUTO does so only while at least half of it stays on chip).
    * When the grid cannot be resident at any split (with NCHW, more channels
-   * than the device holds resident warps), or the device cannot launch
-   * cooperatively, the call runs the multi-pass kernels instead. Forward
-   * training and the backward with saved statistics; the backward without
-   * them and the frozen backward run the multi-pass kernels. Added in 0.2. */
+   * than the device holds resident warps; past 2^14 vectors a thread), or
+   * the device cannot launch cooperatively, the call runs the multi-pass
+   * kernels instead. Forward training and the backward with saved
+   * statistics; the backward without them and the frozen backward run the
+   * multi-pass kernels. Added in 0.2. */
   BNORM_PATH_PERSISTENT = 3
 } bnormPath_t;
 

@@ -282,21 +282,29 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
       const int64_t o0 = cur.offset();  // the first streamed vector, if any is in the tensor
       for (int64_t k0 = 0, j = j0 + 32 * int64_t(K + staged); k0 < p.streamed && j < vectors;
            k0 += U) {
-        Packed<T, N> raw[U];
+        Packed<T, N> grp[U];
         int in = 0;  // a prefix of the group
 #pragma unroll
         for (int u = 0; u < U; ++u, j += 32) {
           const bool ok = k0 + u < p.streamed && j < vectors;
-          raw[u] = load_packed<T, N>(p.x + (ok ? cur.offset() : o0) * N);
+          grp[u] = load_packed<T, N>(p.x + (ok ? cur.offset() : o0) * N);
           in += ok;
           cur.advance();
         }
-        float v[U * N];
+        // Folded 8 values at a time, as fold_stage: a tile of the whole
+        // group would hold U * N floats more.
+        constexpr int KT = N >= 8 ? 1 : 8 / N;
 #pragma unroll
-        for (int u = 0; u < U; ++u)
+        for (int u0 = 0; u0 < U; u0 += KT) {
+          float v[KT * N];
 #pragma unroll
-          for (int i = 0; i < N; ++i) v[u * N + i] = (u < in ? raw[u][i] : 0.0f) - pivot;
-        add_tile(s, v, in * N);
+          for (int u = 0; u < KT; ++u)
+#pragma unroll
+            for (int i = 0; i < N; ++i)
+              v[u * N + i] = (u0 + u < in ? grp[u0 + u][i] : 0.0f) - pivot;
+          const int n_in = in - u0 < 0 ? 0 : in - u0 > KT ? KT : in - u0;
+          add_tile(s, v, n_in * N);
+        }
         streamed += in;
       }
       async_wait_all();  // no copies in the register-only kernel
@@ -337,12 +345,12 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
                                 c, ch);
           const int64_t last = back.offset();
           for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
-            Packed<T, N> raw[U];
+            Packed<T, N> grp[U];
             int64_t o[U];
 #pragma unroll
             for (int u = 0; u < U; ++u) {
               o[u] = (k0 - u >= 0 ? back.offset() : last) * N;
-              raw[u] = load_packed<T, N>(p.x + o[u]);
+              grp[u] = load_packed<T, N>(p.x + o[u]);
               back.retreat();
             }
 #pragma unroll
@@ -350,7 +358,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
               if (k0 - u >= 0) {
                 float dv[N];
 #pragma unroll
-                for (int i = 0; i < N; ++i) dv[i] = raw[u][i] - pivot;
+                for (int i = 0; i < N; ++i) dv[i] = grp[u][i] - pivot;
                 normalize_store<T, N>(p, o[u], dv, an);
               }
             }
@@ -422,14 +430,18 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
   const float mpivot = merges ? to_float(p.x[mch]) : 0.0f;
   const double f = average_factor(p.s);  // before the barrier: the counter advances after it
 
-  float d[K][N] = {};  // x - pivot, as in persist_forward_major
+  // The register tile is kept as loaded, x - pivot formed where it is used
+  // (the same exact conversion and subtraction): for 16-bit types that is
+  // half the registers of persist_forward_major's d, which the 8-wide
+  // staging kernel needs beside its streamed group, its 8 Welford states and
+  // pivots (it spilled 80 bytes holding d).
+  Packed<T, N> raw[K] = {};
   int count = 0, held = 0, streamed = 0;
   float pv[N] = {};
   Welford s[N] = {};
   if (active) {
 #pragma unroll
     for (int i = 0; i < N; ++i) pv[i] = to_float(p.x[c0 + i]);
-    Packed<T, N> raw[K];  // raw until the stage is loaded, as in persist_forward_major
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t r = r0 + int64_t(rows) * k;
@@ -450,26 +462,26 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
     for (int i = 0; i < N; ++i) {
       float col[K];
 #pragma unroll
-      for (int k = 0; k < K; ++k) col[k] = d[k][i] = (k < count ? raw[k][i] : 0.0f) - pv[i];
+      for (int k = 0; k < K; ++k) col[k] = (k < count ? raw[k][i] : 0.0f) - pv[i];
       add_tile(s[i], col, count);  // while the stage lands
     }
     if constexpr (Staged) {  // and the streamed vectors, as in persist_forward_major
       constexpr int U = kStreamForward;
       const int64_t first = r0 + int64_t(rows) * (K + staged), o0 = first * c + c0;
       for (int64_t k0 = 0, r = first; k0 < p.streamed && r < m; k0 += U) {
-        Packed<T, N> raw[U];
+        Packed<T, N> grp[U];
         int in = 0;
 #pragma unroll
         for (int u = 0; u < U; ++u, r += rows) {
           const bool ok = k0 + u < p.streamed && r < m;
-          raw[u] = load_packed<T, N>(p.x + (ok ? r * c + c0 : o0));
+          grp[u] = load_packed<T, N>(p.x + (ok ? r * c + c0 : o0));
           in += ok;
         }
 #pragma unroll
         for (int i = 0; i < N; ++i) {
           float col[U];
 #pragma unroll
-          for (int u = 0; u < U; ++u) col[u] = (u < in ? raw[u][i] : 0.0f) - pv[i];
+          for (int u = 0; u < U; ++u) col[u] = (u < in ? grp[u][i] : 0.0f) - pv[i];
           add_tile(s[i], col, in);
         }
         streamed += in;
@@ -501,24 +513,29 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
     for (int i = 0; i < N; ++i) a[i] = coef[tx * N + i];
 #pragma unroll
     for (int k = 0; k < K; ++k)
-      if (k < count) normalize_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, d[k], a);
+      if (k < count) {
+        float dv[N];
+#pragma unroll
+        for (int i = 0; i < N; ++i) dv[i] = raw[k][i] - pv[i];
+        normalize_store<T, N>(p, (r0 + int64_t(rows) * k) * c + c0, dv, a);
+      }
     if constexpr (Staged) {  // streamed: last read first, as in persist_forward_major
       constexpr int U = kStreamForward;
       const int64_t first = r0 + int64_t(rows) * (K + staged);
       for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
-        Packed<T, N> raw[U];
+        Packed<T, N> grp[U];
         int64_t o[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           o[u] = (first + int64_t(rows) * (k0 - u >= 0 ? k0 - u : k0)) * c + c0;
-          raw[u] = load_packed<T, N>(p.x + o[u]);
+          grp[u] = load_packed<T, N>(p.x + o[u]);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           if (k0 - u >= 0) {
             float dv[N];
 #pragma unroll
-            for (int i = 0; i < N; ++i) dv[i] = raw[u][i] - pv[i];
+            for (int i = 0; i < N; ++i) dv[i] = grp[u][i] - pv[i];
             normalize_store<T, N>(p, o[u], dv, a);
           }
         }

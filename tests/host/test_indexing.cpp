@@ -160,7 +160,8 @@ k::Tensor tensor_of(const bnormTensorDesc_t& d) {
 }
 
 // The persistent path is planned only where its grid fits what the device
-// holds resident (blocks per SM x SMs, with the stage's shared memory),
+// holds resident (blocks per SM x SMs, with the stage's shared memory and,
+// past it, streamed vectors: in AUTO at most as many as stay on chip),
 // never for tiny tensors in AUTO, never without cooperative launches, and
 // never overflows on huge extents.
 TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
@@ -185,7 +186,7 @@ TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
   EXPECT_FALSE(make_plan(ctx, fits, BNORM_PATH_MULTI_PASS).reduce.persistent);
   // BatchNorm1d 8192 x 1024 fp16 (8.4 M values): past the registers (2.2 M
   // forward), held with a stage of shared memory forward; backward (two
-  // tensors on chip, 7.6 M values at most) does not fit.
+  // tensors on chip, 7.6 M values at most) streams the rest (the hybrid).
   const bnormTensorDesc_t staged = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 8192, 1024, 1};
   const bnorm::host::Plan sf = make_plan(ctx, staged, BNORM_PATH_AUTO, Pass::Forward);
   EXPECT_TRUE(sf.reduce.persistent);
@@ -195,16 +196,31 @@ TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
   EXPECT_LE(sfit.g.grid, 2 * 132);
   EXPECT_LE(sfit.shared, size_t(227 * 1024));
   EXPECT_GE(bnorm::host::forward_workspace_bytes(sf), size_t(sfit.g.splits) * 1024 * 12);
-  EXPECT_FALSE(make_plan(ctx, staged, BNORM_PATH_AUTO, Pass::Backward).reduce.persistent);
+  EXPECT_EQ(sfit.streamed, 0);
+  const bnorm::host::Plan sb = make_plan(ctx, staged, BNORM_PATH_AUTO, Pass::Backward);
+  EXPECT_TRUE(sb.reduce.persistent);
+  const k::PersistFit sbfit = k::persist_fit(tensor_of(staged), 8, true, sb.reduce.persist);
+  EXPECT_TRUE(sbfit.fits);
+  EXPECT_GT(sbfit.staged, 0);
+  EXPECT_GT(sbfit.streamed, 0);
+  EXPECT_LE(sbfit.streamed, k::kPersistBackwardValues / 8 + sbfit.staged) << "half on chip";
+  EXPECT_LE(sbfit.g.grid, 2 * 132);
+  EXPECT_FALSE(make_plan(ctx, staged, BNORM_PATH_MULTI_PASS, Pass::Backward).reduce.persistent);
   // Without the shared memory attributes, registers alone.
   bnormContext no_shared = ctx;
   no_shared.shared_per_sm = no_shared.shared_per_block_optin = 0;
   EXPECT_FALSE(make_plan(no_shared, staged, BNORM_PATH_AUTO, Pass::Forward).reduce.persistent);
   EXPECT_TRUE(make_plan(no_shared, fits, BNORM_PATH_AUTO, Pass::Forward).reduce.persistent);
-  // ResNet-50's 256 x 64 x 56x56 (51 M values) does not fit: multi-pass.
+  // ResNet-50's 256 x 64 x 56x56 (51 M values), more than half off chip:
+  // multi-pass in AUTO, the hybrid when asked for.
   const bnormTensorDesc_t big = {BNORM_DATA_HALF, BNORM_LAYOUT_NHWC, 256, 64, 3136};
   EXPECT_FALSE(make_plan(ctx, big, BNORM_PATH_AUTO).reduce.persistent);
-  EXPECT_FALSE(make_plan(ctx, big, BNORM_PATH_PERSISTENT).reduce.persistent);
+  const bnorm::host::Plan bp = make_plan(ctx, big, BNORM_PATH_PERSISTENT);
+  EXPECT_TRUE(bp.reduce.persistent);
+  const k::PersistFit bpfit = k::persist_fit(tensor_of(big), 8, false, bp.reduce.persist);
+  EXPECT_GT(bpfit.streamed, k::kPersistForwardValues / 8 + bpfit.staged);
+  EXPECT_LE(bpfit.g.grid, 2 * 132);
+  EXPECT_GE(bnorm::host::forward_workspace_bytes(bp), size_t(bpfit.g.splits) * 8 * 12);
   // Tiny: the single block in AUTO; persistent only when asked for.
   const bnormTensorDesc_t tiny = {BNORM_DATA_FLOAT, BNORM_LAYOUT_NCHW, 2, 16, 64};
   EXPECT_TRUE(make_plan(ctx, tiny, BNORM_PATH_AUTO).reduce.single_block);
@@ -219,10 +235,30 @@ TEST(HugePlans, PersistentOnlyWhereTheGridIsResident) {
   plain.persist_blocks[0][0][int(k::DType::F16)] = plain.persist_blocks[0][1][int(k::DType::F16)] = 0;
   EXPECT_FALSE(make_plan(plain, fits, BNORM_PATH_PERSISTENT).reduce.persistent);
   EXPECT_FALSE(make_plan(plain, staged, BNORM_PATH_PERSISTENT).reduce.persistent);
+  // Huge extents: never in AUTO (far more than half off chip); asked for,
+  // only with a resident grid whose slices cover the tensor, at most
+  // kPersistMaxVectors a thread.
+  int planned = 0;
   for (const bnormTensorDesc_t& d : huge_descs())
-    for (bnormPath_t path : {BNORM_PATH_AUTO, BNORM_PATH_PERSISTENT})
-      for (Pass pass : {Pass::Forward, Pass::Backward})
-        EXPECT_FALSE(make_plan(ctx, d, path, pass).reduce.persistent) << str(d);
+    for (Pass pass : {Pass::Forward, Pass::Backward}) {
+      EXPECT_FALSE(make_plan(ctx, d, BNORM_PATH_AUTO, pass).reduce.persistent) << str(d);
+      const bnorm::host::Plan p = make_plan(ctx, d, BNORM_PATH_PERSISTENT, pass);
+      if (!p.reduce.persistent) continue;
+      ++planned;
+      const bool backward = pass == Pass::Backward;
+      const k::Tensor t = p.t;  // the plan's memory order (NCHW with spatial 1 is channel-minor)
+      const int n = k::natural_width(t.dtype, t.order == k::Order::ChannelMajor ? d.spatial : d.c);
+      const k::PersistFit f = k::persist_fit(t, n, backward, p.reduce.persist);
+      ASSERT_TRUE(f.fits) << str(d);
+      EXPECT_LE(f.g.vectors, k::kPersistMaxVectors) << str(d);
+      EXPECT_LE(f.g.grid, int64_t(2) * 132) << str(d);
+      const int64_t m = t.m();
+      if (t.order == k::Order::ChannelMajor)
+        EXPECT_GE(f.g.splits * 32 * f.g.vectors, m / n) << str(d) << " covers the channel";
+      else
+        EXPECT_GE(f.g.splits * f.g.block_y * f.g.vectors, m) << str(d) << " covers the rows";
+    }
+  EXPECT_GT(planned, 0) << "some huge tensor fits the hybrid";
 }
 
 TEST(HugePlans, TinyPathOnlyForTinyTensors) {

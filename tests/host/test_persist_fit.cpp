@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <vector>
 
@@ -109,6 +110,151 @@ TEST(PersistFit, SmallestResidentStageOverShapesDtypesAndWidths) {
   EXPECT_GT(fitted - staged, 100);
   EXPECT_GT(staged, 100);
   EXPECT_GT(refused, 100);
+}
+
+// The largest stage a block of b an SM takes, by the occupancy rule
+// (resident's), found by search: 0 where none fits.
+int64_t largest_stage(const k::Tensor& t, int n, bool backward, const k::PersistLimits& lim,
+                      int b) {
+  const int64_t scratch =
+      int64_t(k::persist_scratch_bytes(t.order == k::Order::ChannelMajor, n, backward));
+  const int64_t per = int64_t(k::persist_stage_bytes(t.dtype, n, backward));
+  int64_t s = 0;
+  while (scratch + (s + 1) * per <= lim.shared_per_block &&
+         lim.shared_per_sm / (scratch + (s + 1) * per + lim.shared_reserved) >= b)
+    ++s;
+  return std::min<int64_t>(s, k::kPersistMaxVectors);
+}
+
+// Past the largest stage, the hybrid: the blocks an SM that hold the most
+// values (the more blocks on a tie) with their largest stage, and the fewest
+// streamed vectors that make the grid resident; for Half at most K + staged
+// of them. Where the tensor fits on chip, streaming changes nothing.
+TEST(PersistFit, StreamsTheFewestVectorsPastTheLargestStage) {
+  int on_chip = 0, streamed = 0, refused_half = 0, refused_all = 0;
+  for (const Device& dev : devices()) {
+    for (k::DType dt : {k::DType::F32, k::DType::F16}) {
+      for (k::Order order : {k::Order::ChannelMajor, k::Order::ChannelMinor}) {
+        for (int n : {1, 2, 4, 8}) {
+          if (n * k::dtype_bytes(dt) > 16) continue;
+          for (int64_t c : {int64_t(1), int64_t(3), int64_t(64), int64_t(1000)}) {
+            for (double mm = 1; mm * double(c) < 4.0e9; mm = mm * 1.9 + 1) {
+              const int64_t m = int64_t(mm) / n * n + n;
+              const k::Tensor t = order == k::Order::ChannelMajor
+                                      ? k::Tensor{dt, order, 1, c, m}
+                                      : k::Tensor{dt, order, m, c * n, 1};
+              for (bool backward : {false, true}) {
+                const k::PersistLimits& base = backward ? dev.backward : dev.forward;
+                const k::PersistFit plain = k::persist_fit(t, n, backward, base);
+                for (k::PersistStream policy : {k::PersistStream::Half, k::PersistStream::All}) {
+                  k::PersistLimits lim = base;
+                  lim.stream = policy;
+                  const k::PersistFit f = k::persist_fit(t, n, backward, lim);
+                  const std::string what = name(t, n, backward, dev) +
+                                           (policy == k::PersistStream::Half ? " half" : " all");
+                  if (plain.fits) {
+                    ++on_chip;
+                    ASSERT_TRUE(f.fits) << what;
+                    EXPECT_EQ(f.streamed, 0) << what;
+                    EXPECT_EQ(f.staged, plain.staged) << what;
+                    EXPECT_EQ(f.g.grid, plain.g.grid) << what;
+                    continue;
+                  }
+                  int best_b = 0;
+                  int64_t best = 0;
+                  const int values =
+                      backward ? k::kPersistBackwardValues : k::kPersistForwardValues;
+                  for (int b = 1; b <= lim.blocks_staged; ++b) {
+                    const int64_t s = largest_stage(t, n, backward, lim, b);
+                    if (s > 0 && b * (values / n + s) >= best) {
+                      best = b * (values / n + s);
+                      best_b = b;
+                    }
+                  }
+                  const int staged = best_b ? int(largest_stage(t, n, backward, lim, best_b)) : 0;
+                  const int held = values / n + staged;
+                  const int most = policy == k::PersistStream::Half
+                                       ? std::min(held, k::kPersistMaxVectors - held)
+                                       : k::kPersistMaxVectors - held;
+                  const int64_t capacity = int64_t(best_b) * lim.sm_count;
+                  auto grid = [&](int s) {
+                    return k::persist_geometry(t, n, values, staged + s).grid;
+                  };
+                  const bool can = best_b > 0 && most >= 1 && grid(most) <= capacity;
+                  ASSERT_EQ(f.fits, can) << what;
+                  if (!f.fits) {
+                    ++(policy == k::PersistStream::Half ? refused_half : refused_all);
+                    continue;
+                  }
+                  ++streamed;
+                  EXPECT_EQ(f.staged, staged) << what;
+                  ASSERT_GE(f.streamed, 1) << what;
+                  ASSERT_LE(f.streamed, most) << what;
+                  EXPECT_LE(grid(f.streamed), capacity) << what << " resident";
+                  if (f.streamed > 1) {
+                    EXPECT_GT(grid(f.streamed - 1), capacity) << what << " fewest";
+                  }
+                  EXPECT_EQ(f.g.vectors, held + f.streamed) << what;
+                  EXPECT_EQ(f.g.grid, grid(f.streamed)) << what;
+                  EXPECT_EQ(f.shared,
+                            k::persist_scratch_bytes(order == k::Order::ChannelMajor, n, backward) +
+                                size_t(staged) * k::persist_stage_bytes(dt, n, backward))
+                      << what;
+                  // A unit's count stays an exact float.
+                  EXPECT_LE(int64_t(32) * f.g.vectors * n, int64_t(1) << 24) << what;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+  // The sweep reaches every outcome: on chip, streamed, refused for Half
+  // (more than half off chip) and for All (past kPersistMaxVectors, or too
+  // many channels to be resident at any split).
+  EXPECT_GT(on_chip, 100);
+  EXPECT_GT(streamed, 100);
+  EXPECT_GT(refused_half, 100);
+  EXPECT_GT(refused_all, 10);
+  std::printf("on chip %d, streamed %d, refused: half %d, all %d\n", on_chip, streamed,
+              refused_half, refused_all);
+}
+
+// The emulated device's on-chip capacities that test_persistent.cpp's
+// kOnChipValues bounds (any width and layout): a tensor above them that
+// runs as one cooperative grid streamed.
+TEST(PersistFit, EmulatorOnChipCapacities) {
+  const k::PersistLimits emu = devices()[1].forward;
+  for (bool backward : {false, true}) {
+    for (k::DType dt : {k::DType::F32, k::DType::F16}) {
+      const double bound = backward ? (dt == k::DType::F32 ? 0.48e6 : 0.71e6)
+                                    : (dt == k::DType::F32 ? 0.97e6 : 1.43e6);
+      for (k::Order order : {k::Order::ChannelMajor, k::Order::ChannelMinor}) {
+        for (int n : {1, 2, 4, 8}) {
+          if (n * k::dtype_bytes(dt) > 16) continue;
+          for (int64_t c : {int64_t(1), int64_t(3), int64_t(8), int64_t(64), int64_t(150)}) {
+            // The largest m that fits on chip, by bisection.
+            int64_t lo = 0, hi = int64_t(1) << 26;
+            while (lo < hi) {
+              const int64_t mid = lo + (hi - lo + 1) / 2;
+              const int64_t m = mid * n;
+              const k::Tensor t = order == k::Order::ChannelMajor
+                                      ? k::Tensor{dt, order, 1, c, m}
+                                      : k::Tensor{dt, order, m, c * n, 1};
+              if (k::persist_fit(t, n, backward, emu).fits)
+                lo = mid;
+              else
+                hi = mid - 1;
+            }
+            const double values = double(lo) * n * c * (order == k::Order::ChannelMajor ? 1 : n);
+            EXPECT_LT(values, bound) << (backward ? "backward" : "forward") << " dtype "
+                                     << int(dt) << " N " << n << " c " << c;
+          }
+        }
+      }
+    }
+  }
 }
 
 // The capacities bench/NOTES.md quotes for an H100 (values of one tensor

@@ -235,17 +235,23 @@ struct Options {
   std::string csv;
   int reps = 30;
   bool verbose = false;
+  // bnorm's path (bnormConfig_t::path): AUTO unless asked, so that one
+  // choice of AUTO's can be timed against another on the same card.
+  bnormPath_t path = BNORM_PATH_AUTO;
 };
+
+constexpr const char* kPathName[] = {"auto", "multi_pass", "single_block", "persistent"};
 
 void usage(FILE* f) {
   std::fprintf(f,
                "usage: bnorm-bench [--quick] [--case SUBSTRING]... [--op fwd_train,fwd_infer,bwd]\n"
-               "                   [--reps N] [--csv PATH] [--list] [--verbose]\n"
+               "                   [--reps N] [--csv PATH] [--path P] [--list] [--verbose]\n"
                "  --quick       a handful of cases\n"
                "  --case S      only cases whose name contains S (repeatable)\n"
                "  --op LIST     only these operations (comma-separated)\n"
                "  --reps N      timed runs per measurement (default 30; fewer for huge cases)\n"
                "  --csv PATH    also write the results as CSV\n"
+               "  --path P      bnorm's path: auto (default), multi_pass, single_block, persistent\n"
                "  --list        print the case names and exit\n"
                "  --verbose     where each case's wall time goes (on stderr)\n");
 }
@@ -292,6 +298,18 @@ Options parse(int argc, char** argv) {
           std::fprintf(stderr, "bnorm-bench: unknown op '%s'\n", w.c_str());
           std::exit(2);
         }
+      }
+    } else if (a == "--path") {
+      const std::string v = need(i);
+      bool known = false;
+      for (int k = 0; k < 4; ++k)
+        if (v == kPathName[k]) {
+          o.path = bnormPath_t(k);
+          known = true;
+        }
+      if (!known) {
+        std::fprintf(stderr, "bnorm-bench: unknown path '%s'\n", v.c_str());
+        std::exit(2);
       }
     } else if (a == "-h" || a == "--help") {
       usage(stdout);
@@ -696,6 +714,7 @@ struct CaseRun {
   CaseRun(const BenchCase& b, const Options& o) : bc(b), opt(o), g(geom_of(b)) {
     desc = {b.dtype, b.layout, b.n, b.c, b.spatial};
     cfg = BNORM_CONFIG_INITIALIZER;
+    cfg.path = o.path;
     cfg.eps = kEps;
     cfg.exponential_average_factor = kFactor;
     tbytes = size_t(g.numel()) * esize(b.dtype);
@@ -1430,8 +1449,8 @@ int main(int argc, char** argv) {
   std::printf("eps %g, factor %g; median of %d runs (fewer above 1 GB) after warm-up; buffers "
               "rotate over > 2x L2; GB/s on compulsory bytes (fwd: x + y, bwd: x + dy + dx);\n"
               "speedup = cuDNN time / bnorm time; %%copy = bnorm GB/s / device-to-device copy "
-              "GB/s.\n\n",
-              kEps, kFactor, opt.reps);
+              "GB/s; bnorm path: %s.\n\n",
+              kEps, kFactor, opt.reps, kPathName[opt.path]);
 
   FILE* csv = nullptr;
   if (!opt.csv.empty()) {

@@ -522,21 +522,22 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistForwardMinBlocks[Stag
     if constexpr (Staged) {  // streamed: last read first, as in persist_forward_major
       constexpr int U = kStreamForward;
       const int64_t first = r0 + int64_t(rows) * (K + staged);
+      const int64_t step = int64_t(rows) * c;
       for (int k0 = streamed - 1; k0 >= 0; k0 -= U) {
+        // Vector k0 - u is at top - u * step: one offset a group, not U
+        // held across the stores (the 8-wide 16-bit kernel spilled on sm_80).
+        const int64_t top = (first + int64_t(rows) * k0) * c + c0;
         Packed<T, N> grp[U];
-        int64_t o[U];
 #pragma unroll
-        for (int u = 0; u < U; ++u) {
-          o[u] = (first + int64_t(rows) * (k0 - u >= 0 ? k0 - u : k0)) * c + c0;
-          grp[u] = load_packed<T, N>(p.x + o[u]);
-        }
+        for (int u = 0; u < U; ++u)
+          grp[u] = load_packed<T, N>(p.x + top - (k0 - u >= 0 ? u : 0) * step);
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           if (k0 - u >= 0) {
             float dv[N];
 #pragma unroll
             for (int i = 0; i < N; ++i) dv[i] = grp[u][i] - pv[i];
-            normalize_store<T, N>(p, o[u], dv, a);
+            normalize_store<T, N>(p, top - u * step, dv, a);
           }
         }
       }
@@ -594,6 +595,26 @@ __device__ __forceinline__ void unstage_grads(const Vec<T, N>& gs, const Vec<T, 
   staged_deviation<T, N>(xs, mean, xm);
 }
 
+// Adds g and g * (x - mean) of one vector into the sums: one pair for
+// ChannelMajor (the vector is one channel), one a lane for ChannelMinor.
+template <int N>
+__device__ __forceinline__ void add_grads(Sum2& s, const float (&g)[N], const float (&xm)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    s.a += g[i];
+    s.b = fmaf(g[i], xm[i], s.b);
+  }
+}
+template <int N>
+__device__ __forceinline__ void add_grads(Sum2 (&s)[N], const float (&g)[N],
+                                          const float (&xm)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    s[i].a += g[i];
+    s[i].b = fmaf(g[i], xm[i], s[i].b);
+  }
+}
+
 // A streamed group of the backward: dy (with its mask word) and x of U
 // vectors as loaded, and where each is.
 template <class T, int N, int U>
@@ -614,6 +635,18 @@ struct GradGroup {
     for (int i = 0; i < N; ++i) {
       gv[i] = g[u][i];
       xm[i] = x[u][i] - mean[i];
+    }
+  }
+  // Adds the first n vectors into s (add_grads).
+  template <class S>
+  __device__ __forceinline__ void add_to(S& s, int n, const float (&mean)[N]) const {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (u < n) {
+        float gv[N], xv[N];
+        grads(u, mean, gv, xv);
+        add_grads<N>(s, gv, xv);
+      }
     }
   }
 };
@@ -696,18 +729,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
           n_in += ok;
           cur.advance();
         }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (u < n_in) {
-            float gv[N], xv[N];
-            in.grads(u, mean, gv, xv);
-#pragma unroll
-            for (int i = 0; i < N; ++i) {
-              s.a += gv[i];
-              s.b = fmaf(gv[i], xv[i], s.b);
-            }
-          }
-        }
+        in.add_to(s, n_in, mean);
         streamed += n_in;
       }
       async_wait_all();  // no copies in the register-only kernel
@@ -850,18 +872,7 @@ __global__ void __launch_bounds__(kPersistThreads, kPersistBackwardMinBlocks[Sta
           in.load(p, u, ok ? r * c + c0 : o0);
           n_in += ok;
         }
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-          if (u < n_in) {
-            float gv[N], xv[N];
-            in.grads(u, mean, gv, xv);
-#pragma unroll
-            for (int i = 0; i < N; ++i) {
-              s[i].a += gv[i];
-              s[i].b = fmaf(gv[i], xv[i], s[i].b);
-            }
-          }
-        }
+        in.add_to(s, n_in, mean);
         streamed += n_in;
       }
       async_wait_all();  // no copies in the register-only kernel

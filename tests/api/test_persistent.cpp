@@ -221,6 +221,14 @@ Launches run_and_check(bt::Handle& h, const Case& k, bnormPath_t path) {
   return l;
 }
 
+// Both directions ran as one launch, a cooperative grid.
+void expect_one_grid_each(const Launches& l) {
+  EXPECT_EQ(l.forward.all, 1);
+  EXPECT_EQ(l.forward.cooperative, 1);
+  EXPECT_EQ(l.backward.all, 1);
+  EXPECT_EQ(l.backward.cooperative, 1);
+}
+
 // Past what the chip holds, while at least half of it still fits: AUTO and
 // PERSISTENT both run one cooperative grid that reads the rest twice.
 // Forward 1.23 M fp32 (NCHW) and 1.44 M fp16 (NHWC); backward 0.74 M fp16
@@ -250,11 +258,7 @@ TEST(PersistentChoice, AutoStreamsWhileHalfStaysOnChip) {
     EXPECT_EQ(a.forward.cooperative, 1);
     EXPECT_EQ(a.backward.cooperative, w.streams_forward ? 0 : 1);
     EXPECT_EQ(a.backward.all > 1, w.streams_forward) << "several launches: multi-pass";
-    const Launches p = run_and_check(h, k, BNORM_PATH_PERSISTENT);
-    EXPECT_EQ(p.forward.all, 1);
-    EXPECT_EQ(p.forward.cooperative, 1);
-    EXPECT_EQ(p.backward.all, 1);
-    EXPECT_EQ(p.backward.cooperative, 1);
+    expect_one_grid_each(run_and_check(h, k, BNORM_PATH_PERSISTENT));
   }
 }
 
@@ -277,11 +281,7 @@ TEST(PersistentChoice, AutoLeavesMostlyStreamedTensorsToMultiPass) {
       EXPECT_EQ(a.forward.cooperative, 0);
       EXPECT_GT(a.forward.all, 1);
     }
-    const Launches p = run_and_check(h, k, BNORM_PATH_PERSISTENT);
-    EXPECT_EQ(p.forward.all, 1);
-    EXPECT_EQ(p.forward.cooperative, 1);
-    EXPECT_EQ(p.backward.all, 1);
-    EXPECT_EQ(p.backward.cooperative, 1);
+    expect_one_grid_each(run_and_check(h, k, BNORM_PATH_PERSISTENT));
   }
 }
 

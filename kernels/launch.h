@@ -258,19 +258,26 @@ inline PersistFit persist_fit(const Tensor& t, int n, bool backward, const Persi
     const int64_t most = (room - scratch) / per_vector;
     return most < 1 ? 0 : most > kPersistMaxVectors ? kPersistMaxVectors : most;
   };
+  // The fewest s in [1, most] with which `base + s` vectors a thread past
+  // the registers make the grid resident, given that `most` does: the grid
+  // shrinks as s grows, so bisection finds it.
+  auto fewest = [&](int base, int most, int64_t capacity) {
+    int lo = 1, hi = most;
+    while (lo < hi) {
+      const int mid = lo + (hi - lo) / 2;
+      if (persist_geometry(t, n, values, base + mid).grid <= capacity)
+        hi = mid;
+      else
+        lo = mid + 1;
+    }
+    return lo;
+  };
   for (int b = lim.blocks_staged; b >= 1; --b) {
     const int64_t most = largest_stage(b);
     if (most < 1) continue;
     const int64_t capacity = int64_t(b) * lim.sm_count;
     if (persist_geometry(t, n, values, int(most)).grid > capacity) continue;
-    int lo = 1, hi = int(most);
-    while (lo < hi) {
-      const int mid = lo + (hi - lo) / 2;
-      if (persist_geometry(t, n, values, mid).grid <= capacity)
-        hi = mid;
-      else
-        lo = mid + 1;
-    }
+    const int lo = fewest(0, int(most), capacity);
     f.g = persist_geometry(t, n, values, lo);
     f.staged = lo;
     f.shared = size_t(scratch + lo * per_vector);
@@ -295,14 +302,7 @@ inline PersistFit persist_fit(const Tensor& t, int n, bool backward, const Persi
   const int most = lim.stream == PersistStream::Half && on_chip < limit ? on_chip : limit;
   const int64_t capacity = int64_t(best_b) * lim.sm_count;
   if (most < 1 || persist_geometry(t, n, values, staged + most).grid > capacity) return f;
-  int lo = 1, hi = most;
-  while (lo < hi) {
-    const int mid = lo + (hi - lo) / 2;
-    if (persist_geometry(t, n, values, staged + mid).grid <= capacity)
-      hi = mid;
-    else
-      lo = mid + 1;
-  }
+  const int lo = fewest(staged, most, capacity);
   f.g = persist_geometry(t, n, values, staged + lo);
   f.staged = staged;
   f.streamed = lo;
